@@ -1,0 +1,123 @@
+"""``load``: dataset name + root + split -> pyarrow.Table, cached as Parquet keyed by the source files."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import pfpascal, pfwillow, schema, spair
+from .atomic import write_parquet
+from .errors import DatasetError
+
+READERS = {
+    "spair-71k": spair,
+    "pf-pascal": pfpascal,
+    "pf-willow": pfwillow,
+}
+SPLITS_OF = {"spair-71k": ("trn", "val", "test"), "pf-pascal": ("trn", "val", "test"), "pf-willow": ("test",)}
+
+
+def default_cache_dir() -> Path:
+    """``$CORRBENCH_CACHE/tables`` or ``~/.cache/corrbench/tables``."""
+    base = os.environ.get("CORRBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "corrbench")
+    return Path(base) / "tables"
+
+
+def check_names(dataset: str, split: str, layout: str | None = None) -> None:
+    """Raise :class:`DatasetError` listing the valid names for an unknown dataset/split/layout."""
+    if dataset not in READERS:
+        close = difflib.get_close_matches(dataset, READERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DatasetError(f"unknown dataset {dataset!r}{hint}; valid: {', '.join(READERS)}")
+    if split not in SPLITS_OF[dataset]:
+        raise DatasetError(f"unknown split {split!r} for {dataset}; valid: {', '.join(SPLITS_OF[dataset])}")
+    if layout is not None and dataset != "spair-71k":
+        raise DatasetError(f"--layout applies to spair-71k only, not {dataset}")
+    if layout is not None and layout not in spair.LAYOUTS:
+        raise DatasetError(f"unknown SPair-71k layout {layout!r}; valid: {', '.join(spair.LAYOUTS)}")
+
+
+def _reader_kwargs(dataset: str, layout: str | None) -> dict:
+    return {"layout": layout or "large"} if dataset == "spair-71k" else {}
+
+
+def source_files(dataset: str, root: str | os.PathLike, split: str, layout: str | None = None) -> list[Path]:
+    """Every file the table of (dataset, split) is derived from."""
+    check_names(dataset, split, layout)
+    return READERS[dataset].source_files(root, split, **_reader_kwargs(dataset, layout))
+
+
+def cache_key(dataset: str, root: str | os.PathLike, split: str, layout: str | None = None) -> str:
+    """Hash of the options, the schema version and each source file's path, size and mtime."""
+    root = Path(root).resolve()
+    h = hashlib.sha256()
+    h.update(json.dumps([schema.SCHEMA_VERSION, dataset, split, layout or "", str(root)]).encode())
+    for p in source_files(dataset, root, split, layout):
+        try:
+            st = os.stat(p)
+            h.update(f"\n{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        except FileNotFoundError:
+            h.update(f"\n{p}\0missing".encode())
+    return h.hexdigest()[:24]
+
+
+def load_uncached(dataset: str, root: str | os.PathLike, split: str, layout: str | None = None) -> pa.Table:
+    """Parse the dataset's own files (no cache)."""
+    check_names(dataset, split, layout)
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root is not a directory")
+    return READERS[dataset].load(root, split, **_reader_kwargs(dataset, layout))
+
+
+def load(
+    dataset: str,
+    root: str | os.PathLike,
+    split: str = "test",
+    *,
+    layout: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> pa.Table:
+    """Load one split as a :data:`loaders.schema.SCHEMA` table.
+
+    The parsed table is cached as Parquet under ``cache_dir`` (default
+    :func:`default_cache_dir`), keyed by :func:`cache_key`: editing, adding or removing any source
+    file invalidates it. ``layout`` selects SPair-71k's ``large`` (default) or ``small`` lists.
+    """
+    check_names(dataset, split, layout)
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root is not a directory")
+    if not use_cache:
+        return load_uncached(dataset, root, split, layout)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = cache / f"{dataset}-{split}-{cache_key(dataset, root, split, layout)}.parquet"
+    if path.is_file():
+        try:
+            table = pq.read_table(path)
+            schema.check_table(table)
+            return table
+        except (OSError, ValueError, pa.ArrowInvalid):
+            pass  # a damaged or outdated cache file is rebuilt below
+    table = load_uncached(dataset, root, split, layout)
+    try:
+        write_parquet(table, path)
+    except OSError:
+        pass  # a read-only cache directory must not stop loading
+    return table
+
+
+def to_hf_dataset(table: pa.Table):
+    """Wrap a pair table as a Hugging Face ``datasets.Dataset`` (zero-copy over Arrow)."""
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover
+        raise ImportError("to_hf_dataset needs the 'datasets' package: pip install datasets") from None
+    return datasets.Dataset(table)

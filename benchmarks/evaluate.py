@@ -1,0 +1,170 @@
+"""Evaluate predictions under explicit protocols; tidy result rows.
+
+CLI::
+
+    python -m benchmarks.evaluate PREDICTIONS.parquet --dataset D --data-root DIR \
+        [--split test] [--protocol P ...] [--out DIR] [--matcher NAME]
+
+writes ``results.csv`` and ``breakdowns.csv`` (to ``--out``, default the predictions' folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .pck import BREAKDOWN_COLUMNS, PairArrays, aggregate, hits, per_pair
+from .protocol import Protocol, protocols_for
+
+RESULT_COLUMNS = [
+    "matcher", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout",
+    "direction", "category", "alpha", "pck", "n_pairs", "n_kps",
+]
+BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:9] + ["breakdown", "level", "alpha", "pck", "n_pairs", "n_kps"]
+
+
+def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
+    return {
+        **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
+        "aggregate": proto.aggregate, "readout": readout, "direction": proto.direction, **kw,
+    }
+
+
+def evaluate(
+    dataset_rows: pa.Table,
+    preds: dict[str, np.ndarray],
+    protocols: list[Protocol],
+    meta: dict,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All protocols x readouts x categories x alphas -> (results, breakdowns) tidy frames.
+
+    ``preds[readout]`` is ``(K, 2)`` aligned with the flattened ``trg_kps`` of ``dataset_rows``.
+    """
+    pairs = PairArrays.from_table(dataset_rows)
+    cats, cat_idx = np.unique(pairs.category.astype(str), return_inverse=True)
+    n_pairs_cat = np.bincount(cat_idx, minlength=len(cats))
+    counts = np.diff(pairs.offsets)
+    n_kps_cat = np.bincount(cat_idx, counts, minlength=len(cats)).astype(int)
+    all_idx = np.zeros(len(pairs.pair_id), dtype=np.int64)
+    rows, brows = [], []
+    cache: dict[tuple, tuple] = {}
+    for proto in protocols:
+        for readout in sorted(preds):
+            key = (proto.threshold, proto.frame, proto.alphas, readout)
+            if key not in cache:
+                hit = hits(pairs, preds[readout], proto)
+                cache[key] = (hit, per_pair(hit, pairs.offsets)[0])
+            hit, correct = cache[key]
+            overall = aggregate(correct, counts, all_idx, 1, proto.aggregate, pairs.category)[:, 0]
+            by_cat = aggregate(correct, counts, cat_idx, len(cats),
+                               "image" if proto.aggregate == "category" else proto.aggregate)
+            for a, alpha in enumerate(proto.alphas):
+                rows.append(_row(meta, proto, readout, category="all", alpha=alpha, pck=float(overall[a]),
+                                 n_pairs=len(pairs.pair_id), n_kps=int(counts.sum())))
+                for c, cat in enumerate(cats):
+                    rows.append(_row(meta, proto, readout, category=str(cat), alpha=alpha,
+                                     pck=float(by_cat[a, c]), n_pairs=int(n_pairs_cat[c]), n_kps=int(n_kps_cat[c])))
+            # breakdowns: SPair-71k difficulty levels (pair-level), and keypoint ids (point-level)
+            if proto.aggregate != "category":
+                for col, lv in pairs.levels.items():
+                    levels = np.unique(lv[lv >= 0])
+                    idx = np.searchsorted(levels, np.where(lv >= 0, lv, levels[0] if len(levels) else 0))
+                    valid = lv >= 0
+                    res = aggregate(correct[:, valid], counts[valid], idx[valid], len(levels), proto.aggregate)
+                    for li, level in enumerate(levels):
+                        sel = valid & (lv == level)
+                        for a, alpha in enumerate(proto.alphas):
+                            brows.append(_row(meta, proto, readout, breakdown=col, level=int(level), alpha=alpha,
+                                              pck=float(res[a, li]), n_pairs=int(sel.sum()), n_kps=int(counts[sel].sum())))
+            if proto.aggregate == "point":
+                ids, id_idx = np.unique(pairs.kps_ids, return_inverse=True)
+                n_id = np.bincount(id_idx, minlength=len(ids))
+                for a, alpha in enumerate(proto.alphas):
+                    correct_id = np.bincount(id_idx, hit[a].astype(np.int64), minlength=len(ids))
+                    for i, kid in enumerate(ids):
+                        brows.append(_row(meta, proto, readout, breakdown="kps_id", level=int(kid), alpha=alpha,
+                                          pck=float(correct_id[i] / n_id[i]),
+                                          n_pairs=int(n_id[i]), n_kps=int(n_id[i])))
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    breakdowns = pd.DataFrame(brows, columns=BREAKDOWN_RESULT_COLUMNS)
+    return results, breakdowns
+
+
+def to_csv_text(df: pd.DataFrame) -> str:
+    """Deterministic CSV text (fixed float formatting, '\\n' line ends)."""
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
+    return buf.getvalue()
+
+
+def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, protocol_names: list[str] | None,
+                  matcher: str, layout: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    import loaders
+
+    from . import predictions as P
+
+    table = loaders.load(dataset, data_root, split, layout=layout)
+    pred = P.read(predictions)
+    rows, xy = P.align(pred, table, source=str(predictions))
+    protos = protocols_for(dataset, protocol_names)
+    return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split})
+
+
+def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from loaders import DatasetError
+    from loaders.atomic import write_text
+
+    from .predictions import PredictionError
+    from .protocol import PRESETS
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.evaluate", description="Recompute PCK from a predictions file.")
+    p.add_argument("predictions", type=Path)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--split", default="test")
+    p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
+    p.add_argument("--protocol", action="append", help=f"preset name, repeatable (default: all of {', '.join(PRESETS)})")
+    p.add_argument("--matcher", default=None, help="matcher name for the rows (default: from run.json beside the file)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the predictions' folder)")
+    args = p.parse_args(argv)
+    out = args.out or args.predictions.parent
+    matcher = args.matcher
+    run_json = args.predictions.parent / "run.json"
+    if matcher is None and run_json.is_file():
+        try:
+            matcher = json.loads(run_json.read_text()).get("matcher")
+        except (json.JSONDecodeError, OSError):
+            matcher = None
+    try:
+        results, breakdowns = evaluate_file(args.predictions, args.dataset, args.data_root, args.split,
+                                            args.protocol, matcher or "unknown", args.layout)
+        write_text(out / "results.csv", to_csv_text(results))
+        write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
+    except (DatasetError, PredictionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(results))
+    print(f"wrote {out / 'results.csv'} ({len(results)} rows) and {out / 'breakdowns.csv'} ({len(breakdowns)} rows)")
+    return 0
+
+
+def summary(results: pd.DataFrame) -> str:
+    """A short text table: PCK (percent) of category 'all' per protocol/aggregate/readout and alpha."""
+    allr = results[results["category"] == "all"].copy()
+    allr["pck"] = (allr["pck"] * 100).round(1)
+    pivot = allr.pivot_table(index=["protocol", "frame", "threshold", "aggregate", "readout"],
+                             columns="alpha", values="pck", sort=True)
+    pivot.columns = [f"PCK@{a:g}" for a in pivot.columns]
+    return pivot.to_string()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The matcher interface.
+
+A matcher turns a batch of pairs into predicted target keypoints (original target pixels), one
+array per readout. Its settings are a frozen dataclass (``Config``) whose defaults are the
+method's published values; presets are named overrides; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class ConfigError(ValueError):
+    """A matcher setting is unknown or has a bad value."""
+
+
+class MatcherError(RuntimeError):
+    """A matcher cannot run (model unreachable, device missing, image unreadable ...): one line."""
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    """Settings every matcher has."""
+
+    seed: int = 0
+    batch_size: int = 1
+
+
+def config_from(cls: type, overrides: dict[str, Any], owner: str) -> Any:
+    """Instantiate dataclass ``cls`` with ``overrides``; unknown keys and bad types are errors."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in overrides if k not in fields]
+    if unknown:
+        raise ConfigError(f"{owner} has no setting {unknown[0]!r}; valid: {', '.join(sorted(fields))}")
+    values = {}
+    for k, v in overrides.items():
+        default = fields[k].default
+        if isinstance(v, str) and default is not None and not isinstance(default, str) and default is not dataclasses.MISSING:
+            try:
+                v = type(default)(json.loads(v)) if not isinstance(default, (tuple, list)) else tuple(json.loads(v))
+            except (ValueError, TypeError):
+                raise ConfigError(f"{owner}: setting {k!r} expects {type(default).__name__}, got {v!r}") from None
+        values[k] = tuple(v) if isinstance(v, list) else v
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{owner}: {exc}") from None
+
+
+def config_hash(name: str, config: Any) -> str:
+    """Short stable hash of a matcher name and its resolved config."""
+    blob = json.dumps({"matcher": name, "config": dataclasses.asdict(config)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Pair:
+    """One pair handed to a matcher: the dataset row plus lazy image access.
+
+    ``row`` holds the schema columns (:mod:`loaders.schema`); keypoints are ``(n, 2)`` float64
+    arrays in original pixels.
+    """
+
+    row: dict
+    root: Path
+
+    @property
+    def pair_id(self) -> str:
+        return self.row["pair_id"]
+
+    @property
+    def src_kps(self) -> np.ndarray:
+        return np.asarray(self.row["src_kps"], dtype=np.float64).reshape(-1, 2)
+
+    @property
+    def trg_size(self) -> tuple[int, int]:
+        return self.row["trg_width"], self.row["trg_height"]
+
+    @property
+    def src_size(self) -> tuple[int, int]:
+        return self.row["src_width"], self.row["src_height"]
+
+    def image_path(self, side: str) -> Path:
+        return self.root / self.row[f"{side}_image"]
+
+
+class Matcher:
+    """Base class. Subclasses set ``name``, ``description``, ``Config``, ``readouts`` and ``predict``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type] = MatcherConfig
+    #: named overrides of ``Config``
+    presets: ClassVar[dict[str, dict]] = {}
+    needs_images: ClassVar[bool] = False
+
+    def __init__(self, config: Any | None = None):
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def from_settings(cls, preset: str | None = None, **overrides) -> Matcher:
+        base: dict = {}
+        if preset is not None:
+            if preset not in cls.presets:
+                valid = ", ".join(sorted(cls.presets)) or "none"
+                raise ConfigError(f"matcher {cls.name!r} has no preset {preset!r}; valid: {valid}")
+            base = dict(cls.presets[preset])
+        base.update(overrides)
+        return cls(config_from(cls.Config, base, f"matcher {cls.name!r}"))
+
+    @property
+    def readouts(self) -> tuple[str, ...]:
+        return ("default",)
+
+    def predict(self, pairs: Sequence[Pair]) -> dict[str, list[np.ndarray]]:
+        """Readout name -> one ``(n_i, 2)`` array of target (x, y) pixels per pair."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """Extra facts for run.json (device, dtype, model id ...)."""
+        return {}
+
+    def close(self) -> None:
+        """Release resources (models, caches)."""

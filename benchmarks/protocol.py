@@ -1,0 +1,109 @@
+"""PCK evaluation protocols as data.
+
+A :class:`Protocol` fixes every choice that changes a PCK number (see the README's "Protocols"
+section): the threshold T, the frame in which distances and T are measured, how per-keypoint
+hits are aggregated, the alphas, and the matching direction. Named presets expand, per dataset,
+into one or more protocols; every result row carries the protocol's name *and* its fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+THRESHOLDS = ("bbox", "img", "bbox-kp")
+AGGREGATES = ("image", "point", "category")
+DIRECTIONS = ("src->trg",)
+DEFAULT_ALPHAS = (0.05, 0.1, 0.15)
+
+#: the threshold each dataset's papers use (SPair-71k: target bbox; PF-Pascal: target image;
+#: PF-Willow: extent of the target's valid keypoints, since it has no boxes)
+DATASET_THRESHOLD = {"spair-71k": "bbox", "pf-pascal": "img", "pf-willow": "bbox-kp"}
+
+_RESIZED = re.compile(r"^resized-(\d+)x(\d+)$")
+
+
+def parse_frame(frame: str) -> tuple[str, int | None, int | None]:
+    """``original`` | ``isotropic`` | ``resized-WxH`` -> (kind, W, H)."""
+    if frame in ("original", "isotropic"):
+        return frame, None, None
+    m = _RESIZED.match(frame)
+    if m and int(m.group(1)) > 0 and int(m.group(2)) > 0:
+        return "resized", int(m.group(1)), int(m.group(2))
+    raise ValueError(f"unknown frame {frame!r}; valid: original, isotropic, resized-WxH (e.g. resized-768x768)")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One fully specified PCK protocol.
+
+    Attributes:
+        name: the preset it came from (written into every result row).
+        threshold: ``bbox`` = max(w, h) of the target box; ``img`` = max(w, h) of the target
+            image; ``bbox-kp`` = max(w, h) of the extent of the target's valid keypoints.
+        frame: ``original`` (target image pixels), ``resized-WxH`` (anisotropic resize of the
+            target image to W x H; distances and T measured there), or ``isotropic``
+            (aspect-preserving resize, equivalent to ``original``).
+        aggregate: ``image`` = mean over pairs of the per-pair fraction; ``point`` = all correct
+            keypoints / all keypoints; ``category`` = mean of the per-category ``image`` values.
+        alphas: PCK thresholds as fractions of T; a keypoint is correct when its distance
+            is <= alpha * T.
+        direction: ``src->trg``: source keypoints are transferred to the target and compared
+            with the target ground truth.
+    """
+
+    name: str
+    threshold: str
+    frame: str = "original"
+    aggregate: str = "image"
+    alphas: tuple[float, ...] = field(default=DEFAULT_ALPHAS)
+    direction: str = "src->trg"
+
+    def __post_init__(self):
+        if self.threshold not in THRESHOLDS:
+            raise ValueError(f"unknown threshold {self.threshold!r}; valid: {', '.join(THRESHOLDS)}")
+        parse_frame(self.frame)
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"unknown aggregate {self.aggregate!r}; valid: {', '.join(AGGREGATES)}")
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"unknown direction {self.direction!r}; valid: {', '.join(DIRECTIONS)}")
+        if not self.alphas or any(not (0 < a) for a in self.alphas):
+            raise ValueError(f"alphas must be positive, got {self.alphas}")
+        object.__setattr__(self, "alphas", tuple(float(a) for a in self.alphas))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _preset_sd4match(dataset: str) -> list[Protocol]:
+    return [Protocol("sd4match", DATASET_THRESHOLD[dataset], "resized-768x768", "image")]
+
+
+def _preset_dift(dataset: str) -> list[Protocol]:
+    t = DATASET_THRESHOLD[dataset]
+    return [Protocol("dift", t, "original", "image"), Protocol("dift", t, "original", "point")]
+
+
+def _preset_original(dataset: str) -> list[Protocol]:
+    t = DATASET_THRESHOLD[dataset]
+    return [Protocol("original", t, "original", agg) for agg in AGGREGATES]
+
+
+PRESETS = {
+    "sd4match": (_preset_sd4match, "768x768 anisotropic frame, dataset threshold, per image (SD4Match paper)"),
+    "dift": (_preset_dift, "original frame, dataset threshold, per image and per point (DIFT paper)"),
+    "original": (_preset_original, "original frame, dataset threshold, per image, per point, per category"),
+}
+
+
+def protocols_for(dataset: str, names: list[str] | None = None) -> list[Protocol]:
+    """Expand preset names (default: all) into the protocols for ``dataset``."""
+    if dataset not in DATASET_THRESHOLD:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_THRESHOLD)}")
+    names = list(PRESETS) if not names else names
+    out = []
+    for n in names:
+        if n not in PRESETS:
+            raise ValueError(f"unknown protocol {n!r}; valid: {', '.join(PRESETS)}")
+        out.extend(PRESETS[n][0](dataset))
+    return out

@@ -1,0 +1,243 @@
+"""Run a matcher on a dataset split, then evaluate every protocol.
+
+    python -m benchmarks.run --matcher NAME --dataset D --data-root DIR [--split test] [--limit N] [--out DIR]
+
+Writes ``OUT/predictions.parquet``, ``OUT/results.csv``, ``OUT/breakdowns.csv`` and ``OUT/run.json``
+(atomically). Predictions are saved in shards as the run goes; a run that is stopped and started
+again with the same settings resumes from the shards already written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .matchers.base import ConfigError, MatcherError, Pair, config_hash
+
+#: CLI flags that map onto matcher settings of the same name (when the matcher has them)
+SETTING_FLAGS = ("model_id", "device", "dtype", "batch_size", "seed", "cache_dir", "readout", "checkpoint")
+
+
+class RunError(Exception):
+    """A run cannot proceed; printed as one line."""
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("corrbench", "numpy", "pyarrow", "pandas", "torch", "diffusers", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_hash() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if res.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return res.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description="Run a matcher and evaluate PCK.")
+    p.add_argument("--list-matchers", action="store_true", help="print every registered matcher and exit")
+    p.add_argument("--matcher", help="registered matcher name (see --list-matchers)")
+    p.add_argument("--preset", default=None, help="named settings of the matcher (e.g. tiny)")
+    p.add_argument("--dataset", help="spair-71k, pf-pascal or pf-willow")
+    p.add_argument("--data-root", type=Path, help="dataset root folder")
+    p.add_argument("--split", default="test")
+    p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
+    p.add_argument("--limit", type=int, default=None, help="only the first N pairs of the split")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<matcher>-<dataset>-<split>-<hash>)")
+    p.add_argument("--protocol", action="append", default=None, help="protocol preset, repeatable (default: all)")
+    p.add_argument("--model-id", dest="model_id", default=None, help="hub id or local folder of the model")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+    p.add_argument("--batch-size", dest="batch_size", default=None, help="pairs/images per forward pass")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cache-dir", dest="cache_dir", default=None, help="feature cache folder")
+    p.add_argument("--readout", default=None, help="comma-separated readouts to compute")
+    p.add_argument("--checkpoint", default=None, help="learned prompt checkpoint (SD4Match matchers)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other matcher setting")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def list_matchers() -> str:
+    from . import registry
+
+    table = registry.entries()
+    width = max(len(n) for n in table)
+    return "\n".join(f"{n:<{width}}  {registry.describe(n)}" for n in table)
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for flag in SETTING_FLAGS:
+        v = getattr(args, flag)
+        if v is not None:
+            out[flag] = v
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start // size, start, min(n, start + size)
+
+
+def run(args) -> Path:
+    import loaders
+
+    from . import predictions as P
+    from . import registry
+    from .evaluate import evaluate, summary, to_csv_text
+    from .protocol import protocols_for
+
+    if not args.matcher or not args.dataset or not args.data_root:
+        raise RunError("--matcher, --dataset and --data-root are required (or --list-matchers)")
+    cls = registry.load_class(args.matcher)
+    protocols = protocols_for(args.dataset, args.protocol) if args.dataset in loaders.READERS else None
+    loaders.api.check_names(args.dataset, args.split, args.layout)
+    if args.limit is not None and args.limit <= 0:
+        raise RunError(f"--limit must be a positive number of pairs, got {args.limit}")
+    matcher = cls.from_settings(args.preset, **_overrides(args))
+    chash = config_hash(args.matcher, matcher.config)
+    out = args.out or Path("runs") / f"{args.matcher}-{args.dataset}-{args.split}-{chash}"
+
+    t0 = time.perf_counter()
+    table = loaders.load(args.dataset, args.data_root, args.split, layout=args.layout)
+    if args.limit is not None:
+        table = table.slice(0, args.limit)
+    t_load = time.perf_counter() - t0
+
+    partial = out / f".partial-{chash}"
+    partial.mkdir(parents=True, exist_ok=True)
+    batch = max(1, int(getattr(matcher.config, "batch_size", 1) or 1))
+    chunk = max(256, batch)
+    n = table.num_rows
+    todo = [c for c in _chunks(n, chunk) if not (partial / f"shard-{c[0]:06d}-{n}.parquet").is_file()]
+    t1 = time.perf_counter()
+    progress = None
+    if todo and not args.quiet:
+        from tqdm import tqdm
+
+        progress = tqdm(total=sum(e - s for _, s, e in todo), desc=f"{args.matcher} {args.dataset}", unit="pair")
+    try:
+        for idx, start, end in todo:
+            rows = table.slice(start, end - start).to_pylist()
+            parts = []
+            for b in range(0, len(rows), batch):
+                pairs = [Pair(r, Path(args.data_root)) for r in rows[b:b + batch]]
+                preds = matcher.predict(pairs)
+                parts.append((pairs, preds))
+                if progress:
+                    progress.update(len(pairs))
+            tables = []
+            for readout in matcher.readouts:
+                ids = [p.pair_id for pairs, _ in parts for p in pairs]
+                arrs = [a for _, preds in parts for a in preds[readout]]
+                tables.append(P.make_table(ids, readout, arrs))
+            from loaders.atomic import write_parquet
+
+            write_parquet(pa.concat_tables(tables), partial / f"shard-{idx:06d}-{n}.parquet")
+    finally:
+        if progress:
+            progress.close()
+        matcher.close()
+    t_predict = time.perf_counter() - t1
+
+    from loaders.atomic import write_parquet, write_text
+
+    shards = [partial / f"shard-{i:06d}-{n}.parquet" for i, _, _ in _chunks(n, chunk)]
+    pred = pa.concat_tables([pq.read_table(s) for s in shards]).cast(P.SCHEMA) if shards else P.make_table([], "none", [])
+    pred = pred.sort_by([("readout", "ascending")]) if pred.num_rows else pred
+    rows, xy = P.align(pred, table, source=str(out / "predictions.parquet"))
+    t2 = time.perf_counter()
+    meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split}
+    results, breakdowns = evaluate(rows, xy, protocols, meta)
+    t_eval = time.perf_counter() - t2
+
+    write_parquet(pred, out / "predictions.parquet")
+    write_text(out / "results.csv", to_csv_text(results))
+    write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
+    record = {
+        "matcher": args.matcher,
+        "preset": args.preset,
+        "config": dataclasses.asdict(matcher.config),
+        "config_hash": chash,
+        "dataset": args.dataset,
+        "split": args.split,
+        "layout": args.layout,
+        "data_root": str(Path(args.data_root).resolve()),
+        "limit": args.limit,
+        "n_pairs": n,
+        "readouts": list(matcher.readouts),
+        "protocols": [p.to_dict() for p in protocols],
+        "seed": getattr(matcher.config, "seed", None),
+        "device": matcher.describe().get("device", "cpu"),
+        "matcher_info": matcher.describe(),
+        "versions": package_versions(),
+        "git": git_hash(),
+        "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("run.py") else None,
+        "timings_s": {"load": round(t_load, 4), "predict": round(t_predict, 4), "evaluate": round(t_eval, 4),
+                      "resumed_shards": len(shards) - len(todo)},
+    }
+    write_text(out / "run.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    for s in shards:
+        s.unlink(missing_ok=True)
+    try:
+        partial.rmdir()
+    except OSError:
+        pass
+    print(summary(results))
+    print(f"wrote {out}/predictions.parquet, results.csv ({len(results)} rows), breakdowns.csv, run.json")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loaders import DatasetError
+
+    from .predictions import PredictionError
+    from .registry import UnknownMatcher
+
+    args = build_parser().parse_args(argv)
+    if args.list_matchers:
+        print(list_matchers())
+        return 0
+    try:
+        run(args)
+    except (RunError, DatasetError, PredictionError, ConfigError, MatcherError, UnknownMatcher, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: completed shards are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

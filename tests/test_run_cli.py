@@ -1,0 +1,141 @@
+"""The run and evaluate CLIs end to end with the identity matcher."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+import loaders
+from benchmarks import predictions as P
+from benchmarks.evaluate import main as evaluate_cli
+from benchmarks.run import main as run_cli
+from loaders.testing import write_pfwillow_root, write_spair_root
+
+from .conftest import shared
+
+
+@pytest.fixture
+def spair_root(tmp_path):
+    write_spair_root(tmp_path / "spair", {"test": 40}, seed=3)
+    return tmp_path / "spair"
+
+
+def test_identity_run_outputs(spair_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root),
+                    "--out", str(out), "--quiet"]) == 0
+    res = pd.read_csv(out / "results.csv")
+    for col in ("matcher", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout",
+                "category", "alpha", "pck", "n_pairs", "n_kps"):
+        assert col in res.columns
+    assert set(res.protocol) == {"sd4match", "dift", "original"}
+    assert set(res.frame) == {"original", "resized-768x768"}
+    assert set(res.threshold) == {"bbox"}
+    assert set(res["aggregate"]) == {"image", "point", "category"}
+    assert res.pck.between(0, 1).all() and (res[res.category == "all"].n_pairs == 40).all()
+    br = pd.read_csv(out / "breakdowns.csv")
+    assert {"viewpoint_variation", "scale_variation", "truncation", "occlusion", "kps_id"} <= set(br.breakdown)
+    run = json.loads((out / "run.json").read_text())
+    for key in ("config", "config_hash", "versions", "git", "device", "seed", "timings_s", "protocols"):
+        assert key in run
+    # the identity prediction, checked by hand for the first pair
+    table = loaders.load("spair-71k", spair_root, "test")
+    pred = pq.read_table(out / "predictions.parquet")
+    r = table.slice(0, 1).to_pylist()[0]
+    expect = np.array(r["src_kps"]) * [r["trg_width"] / r["src_width"], r["trg_height"] / r["src_height"]]
+    got = np.array(pred.filter(pc.equal(pred.column("pair_id"), r["pair_id"])).column("pred_kps")[0].as_py())
+    np.testing.assert_allclose(got, expect, rtol=1e-6)
+    assert not list(out.glob(".partial-*"))
+
+
+def test_evaluate_recomputes_same_numbers(spair_root, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root),
+                    "--out", str(out), "--quiet"]) == 0
+    first = (out / "results.csv").read_text()
+    assert evaluate_cli([str(out / "predictions.parquet"), "--dataset", "spair-71k", "--data-root", str(spair_root),
+                         "--out", str(tmp_path / "ev")]) == 0
+    assert (tmp_path / "ev" / "results.csv").read_text() == first
+    assert evaluate_cli([str(out / "predictions.parquet"), "--dataset", "spair-71k", "--data-root", str(spair_root),
+                         "--out", str(tmp_path / "ev2"), "--protocol", "sd4match"]) == 0
+    assert set(pd.read_csv(tmp_path / "ev2" / "results.csv").protocol) == {"sd4match"}
+
+
+def test_limit_and_resume(spair_root, tmp_path):
+    out = tmp_path / "run"
+    args = ["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out", str(out),
+            "--quiet", "--limit", "7"]
+    assert run_cli(args) == 0
+    assert pq.read_table(out / "predictions.parquet").num_rows == 7
+    assert json.loads((out / "run.json").read_text())["timings_s"]["resumed_shards"] == 0
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--matcher", "idenity"], "unknown matcher 'idenity' (did you mean 'identity'?); valid: "),
+    (["--matcher", "identity", "--dataset", "spair"], "unknown dataset 'spair'"),
+    (["--matcher", "identity", "--split", "train"], "unknown split 'train' for spair-71k; valid: trn, val, test"),
+    (["--matcher", "identity", "--protocol", "paper"], "unknown protocol 'paper'; valid: sd4match, dift, original"),
+    (["--matcher", "identity", "--model-id", "x/y"], "matcher 'identity' has no setting 'model_id'"),
+    (["--matcher", "identity", "--limit", "0"], "--limit must be a positive number"),
+])
+def test_run_bad_values(spair_root, tmp_path, capsys, argv, msg):
+    base = {"--dataset": "spair-71k", "--data-root": str(spair_root), "--out": str(tmp_path / "o")}
+    for k, v in base.items():
+        if k not in argv:
+            argv = argv + [k, v]
+    assert run_cli(argv + ["--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+    assert not (tmp_path / "o" / "results.csv").exists()
+
+
+def test_list_matchers(capsys):
+    assert run_cli(["--list-matchers"]) == 0
+    out = capsys.readouterr().out
+    assert "identity" in out and "dift" in out
+
+
+def test_predictions_rejected_naming_first_bad_pair(spair_root, tmp_path, capsys):
+    table = loaders.load("spair-71k", spair_root, "test")
+    ids = table.column("pair_id").to_pylist()
+    kps = [np.array(k) for k in table.column("trg_kps").to_pylist()]
+    good = P.make_table(ids, "nn", kps)
+    rows, xy = P.align(good, table)
+    assert rows.num_rows == 40 and np.allclose(xy["nn"], np.concatenate(kps))
+    bad = [k.copy() for k in kps]
+    bad[5] = bad[5][:-1] if len(bad[5]) > 1 else np.zeros((2, 2))
+    with pytest.raises(P.PredictionError, match=rf"pair '{ids[5]}' \(readout 'nn'\) has \d+ predicted keypoints, the dataset has"):
+        P.align(P.make_table(ids, "nn", bad), table)
+    with pytest.raises(P.PredictionError, match="pair 'nope' .* is not in the dataset split"):
+        P.align(P.make_table(["nope"], "nn", [kps[0]]), table)
+    nan = [k.copy() for k in kps]
+    nan[2][0, 0] = np.nan
+    with pytest.raises(P.PredictionError, match=rf"pair '{ids[2]}' .* non-finite"):
+        P.align(P.make_table(ids, "nn", nan), table)
+    path = tmp_path / "bad.parquet"
+    pq.write_table(P.make_table(ids, "nn", bad), path)
+    assert evaluate_cli([str(path), "--dataset", "spair-71k", "--data-root", str(spair_root), "--out", str(tmp_path / "e")]) == 2
+    assert ids[5] in capsys.readouterr().err
+    assert not (tmp_path / "e" / "results.csv").exists()
+
+
+def test_identity_on_real_pfwillow(tmp_path):
+    root = shared("PF-WILLOW")
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--data-root", str(root), "--out", str(out), "--quiet"]) == 0
+    res = pd.read_csv(out / "results.csv")
+    allr = res[(res.category == "all") & (res.protocol == "dift") & (res["aggregate"] == "image")]
+    assert list(allr.n_pairs) == [900] * 3 and set(allr.threshold) == {"bbox-kp"}
+    # a floor, well below real matchers: identity PCK@0.1 on PF-Willow is low but not zero
+    assert 0.05 < allr[allr.alpha == 0.1].pck.item() < 0.6
+
+
+def test_pfwillow_fixture_run(tmp_path):
+    write_pfwillow_root(tmp_path / "w")
+    assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--data-root", str(tmp_path / "w"),
+                    "--out", str(tmp_path / "o"), "--quiet"]) == 0

@@ -1,0 +1,194 @@
+"""Result rows -> per-dataset leaderboards (CSV, Markdown, PNG plots).
+
+Measured rows come from run folders (``results.csv`` + ``run.json`` written by
+``benchmarks.run``); published numbers come from ``leaderboard/data/reported.csv``, each with its
+source and protocol, and appear as separate rows with ``kind = reported``: they are never mixed
+into measured rows. Output is deterministic: the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from loaders.atomic import atomic_path, write_text
+
+KEY = ["kind", "method", "run", "split", "protocol", "frame", "threshold", "aggregate", "readout"]
+
+
+class LeaderboardError(ValueError):
+    """A run folder or the reported-numbers file is unusable."""
+
+
+def read_reported(path: str | Path | None = None) -> pd.DataFrame:
+    """Published numbers as tidy rows (``kind = reported``)."""
+    if path is None:
+        text = resources.files("leaderboard").joinpath("data/reported.csv").read_text()
+        df = pd.read_csv(io.StringIO(text))
+    else:
+        df = pd.read_csv(path)
+    df = df.rename(columns={"source": "run"})
+    df["kind"] = "reported"
+    df["note"] = df["note"].fillna("")
+    return df
+
+
+def read_run(run_dir: str | Path) -> pd.DataFrame:
+    """Measured rows of one run folder (``kind = measured``; ``run`` = folder name + config hash)."""
+    run_dir = Path(run_dir)
+    res, meta = run_dir / "results.csv", run_dir / "run.json"
+    if not res.is_file():
+        raise LeaderboardError(f"{res}: missing; is {run_dir} a folder written by benchmarks.run?")
+    try:
+        df = pd.read_csv(res)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise LeaderboardError(f"{res}: not a results CSV ({exc})") from None
+    need = {"matcher", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout", "category", "alpha", "pck"}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise LeaderboardError(f"{res}: missing column(s) {missing}")
+    chash = ""
+    if meta.is_file():
+        try:
+            chash = json.loads(meta.read_text()).get("config_hash", "")
+        except json.JSONDecodeError as exc:
+            raise LeaderboardError(f"{meta}: malformed JSON ({exc.msg})") from None
+    df = df.rename(columns={"matcher": "method"})
+    df["kind"] = "measured"
+    df["run"] = f"{run_dir.name}" + (f" [{chash}]" if chash and chash not in run_dir.name else "")
+    df["note"] = ""
+    return df
+
+
+def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None) -> pd.DataFrame:
+    frames = [read_run(d) for d in run_dirs]
+    frames.append(read_reported() if reported is None else reported)
+    cols = KEY + ["dataset", "category", "alpha", "pck", "note"]
+    return pd.concat([f[cols] for f in frames], ignore_index=True)
+
+
+def _col_name(category: str, alpha: float) -> str:
+    return f"{category}@{alpha:g}"
+
+
+def wide(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (kind, method, run, protocol, ...), columns ``<category>@<alpha>`` in percent."""
+    if df.empty:
+        return pd.DataFrame(columns=KEY)
+    d = df.copy()
+    d["column"] = [_col_name(c, a) for c, a in zip(d["category"], d["alpha"])]
+    d["pck"] = (d["pck"] * 100).round(1)
+    table = d.pivot_table(index=KEY, columns="column", values="pck", aggfunc="first", sort=True)
+    cats = sorted(set(d["category"]) - {"all"})
+    alphas = sorted(set(d["alpha"]))
+    order = [_col_name(c, a) for a in alphas for c in ["all", *cats] if _col_name(c, a) in table.columns]
+    table = table[order].reset_index()
+    notes = d.groupby(KEY, sort=True)["note"].first().reset_index()
+    table = table.merge(notes, on=KEY, how="left")
+    table["kind"] = pd.Categorical(table["kind"], ["measured", "reported"], ordered=True)
+    table = table.sort_values(KEY, kind="mergesort").reset_index(drop=True)
+    table["kind"] = table["kind"].astype(str)
+    return table
+
+
+def markdown(table: pd.DataFrame, dataset: str) -> str:
+    """A Markdown table; the protocol of every row is spelled out in its columns."""
+    lines = [f"# Leaderboard: {dataset}", "",
+             "PCK in percent. Every row names its protocol (frame, threshold, aggregate) and readout; "
+             "`reported` rows are published numbers with their source, never measured here.", ""]
+    cols = [c for c in table.columns if c != "note"] + ["note"]
+    lines.append("| " + " | ".join(cols) + " |")
+    lines.append("|" + "|".join("---" for _ in cols) + "|")
+    for _, r in table[cols].iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            cells.append("" if (isinstance(v, float) and pd.isna(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+
+
+def _label(r) -> str:
+    tag = " (reported)" if r["kind"] == "reported" else ""
+    return f"{r['method']}{tag} {r['protocol']}/{r['aggregate']}/{r['readout']}"
+
+
+def plots(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """PCK against alpha per row (category all) and per-category bars at alpha 0.1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    d = df[df["category"] == "all"]
+    fig, ax = plt.subplots(figsize=(11, 5))
+    for key, g in d.groupby(KEY, sort=True):
+        r = dict(zip(KEY, key))
+        g = g.sort_values("alpha")
+        style = "--o" if r["kind"] == "reported" else "-o"
+        ax.plot(g["alpha"], g["pck"] * 100, style, label=_label(r))
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("PCK (%)")
+    ax.set_title(f"{dataset}: PCK against alpha (category all)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    path = out / f"{dataset}-pck-vs-alpha.png"
+    _savefig(fig, path)
+    plt.close(fig)
+    written.append(path)
+
+    c = df[(df["category"] != "all") & (df["alpha"].round(6) == 0.1)]
+    if not c.empty:
+        cats = sorted(set(c["category"]))
+        groups = list(c.groupby(KEY, sort=True))
+        fig, ax = plt.subplots(figsize=(max(11, len(cats) * 0.9), 5))
+        width = 0.8 / max(1, len(groups))
+        for i, (key, g) in enumerate(groups):
+            r = dict(zip(KEY, key))
+            vals = g.set_index("category")["pck"].reindex(cats) * 100
+            ax.bar([j + i * width for j in range(len(cats))], vals.fillna(0), width,
+                   label=_label(r), hatch="//" if r["kind"] == "reported" else None)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
+        ax.set_xticklabels(cats, rotation=45, ha="right")
+        ax.set_ylabel("PCK@0.1 (%)")
+        ax.set_title(f"{dataset}: PCK@0.1 per category")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+        fig.tight_layout()
+        path = out / f"{dataset}-categories.png"
+        _savefig(fig, path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def csv_text(table: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, float_format="%.1f", lineterminator="\n")
+    return buf.getvalue()
+
+
+def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | None = None) -> list[Path]:
+    """Write ``<dataset>.csv``, ``<dataset>.md`` and plots for every dataset in the runs."""
+    out = Path(out)
+    df = collect(run_dirs, reported)
+    measured_datasets = sorted(set(df.loc[df["kind"] == "measured", "dataset"]))
+    written = []
+    for dataset in measured_datasets:
+        d = df[df["dataset"] == dataset]
+        table = wide(d)
+        write_text(out / f"{dataset}.csv", csv_text(table))
+        write_text(out / f"{dataset}.md", markdown(table, dataset))
+        written += [out / f"{dataset}.csv", out / f"{dataset}.md"]
+        written += plots(d, dataset, out)
+    return written

@@ -1,0 +1,147 @@
+"""Draw matches of a run: source and target side by side, ground truth and predictions.
+
+    python -m benchmarks.visualize RUN_DIR --data-root DIR [--pairs N] [--category C] [--worst]
+        [--readout R] [--alpha 0.1] [--out DIR]
+
+Each source keypoint is joined to its predicted target location by a line, green when the
+prediction lies within alpha * T of the ground truth (T and frame from the dataset's ``original``
+protocol), red otherwise; ground-truth target keypoints are drawn as white-edged crosses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _per_pair_pck(rows, xy, dataset: str, alpha: float):
+    from .pck import PairArrays, hits, per_pair
+    from .protocol import DATASET_THRESHOLD, Protocol
+
+    proto = Protocol("original", DATASET_THRESHOLD[dataset], "original", "image", alphas=(alpha,))
+    pairs = PairArrays.from_table(rows)
+    hit = hits(pairs, xy, proto)[0]
+    correct, counts = per_pair(hit[None], pairs.offsets)
+    return pairs, hit, correct[0] / counts
+
+
+def draw_pair(src_img, trg_img, src_kps, gt_kps, pred_kps, ok, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from loaders.atomic import atomic_path
+
+    sh = src_img.height
+    th = trg_img.height
+    h = max(sh, th)
+    canvas = np.full((h, src_img.width + trg_img.width, 3), 255, np.uint8)
+    canvas[:sh, : src_img.width] = np.asarray(src_img.convert("RGB"))
+    canvas[:th, src_img.width:] = np.asarray(trg_img.convert("RGB"))
+    off = src_img.width
+    fig, ax = plt.subplots(figsize=(canvas.shape[1] / 100, canvas.shape[0] / 100 + 0.4), dpi=100)
+    ax.imshow(canvas)
+    for s, g, p, good in zip(src_kps, gt_kps, pred_kps, ok):
+        color = "lime" if good else "red"
+        ax.plot([s[0], p[0] + off], [s[1], p[1]], "-", color=color, linewidth=1)
+        ax.plot(s[0], s[1], "o", color=color, markersize=4)
+        ax.plot(p[0] + off, p[1], "o", color=color, markersize=4)
+        ax.plot(g[0] + off, g[1], "x", color="white", markersize=6, markeredgewidth=2)
+        ax.plot(g[0] + off, g[1], "x", color="black", markersize=5, markeredgewidth=1)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def visualize(run_dir: Path, data_root: Path, n_pairs: int = 10, category: str | None = None, worst: bool = False,
+              readout: str | None = None, alpha: float = 0.1, out: Path | None = None) -> list[Path]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from PIL import Image
+
+    import loaders
+
+    from . import predictions as P
+
+    meta_path = run_dir / "run.json"
+    if not meta_path.is_file():
+        raise ValueError(f"{meta_path}: missing; is {run_dir} a folder written by benchmarks.run?")
+    meta = json.loads(meta_path.read_text())
+    dataset, split = meta["dataset"], meta["split"]
+    table = loaders.load(dataset, data_root, split, layout=meta.get("layout"))
+    pred = P.read(run_dir / "predictions.parquet")
+    readouts = sorted(set(pred.column("readout").to_pylist()))
+    readout = readout or readouts[0]
+    if readout not in readouts:
+        raise ValueError(f"unknown readout {readout!r} in {run_dir}; valid: {', '.join(readouts)}")
+    pred = pred.filter(pc.equal(pred.column("readout"), readout))
+    rows, xy = P.align(pred, table, source=str(run_dir / "predictions.parquet"))
+    if category is not None:
+        cats = sorted(set(rows.column("category").to_pylist()))
+        if category not in cats:
+            raise ValueError(f"unknown category {category!r} for {dataset}; valid: {', '.join(cats)}")
+    pairs, hit, frac = _per_pair_pck(rows, xy[readout], dataset, alpha)
+    order = np.arange(len(frac))
+    if category is not None:
+        order = order[pairs.category[order] == category]
+    if worst:
+        order = order[np.argsort(frac[order], kind="stable")]
+    order = order[:n_pairs]
+    out = out or run_dir / "vis"
+    kept = rows.filter(pa.array(pairs.keep)) if not pairs.keep.all() else rows
+    written = []
+    for i in order:
+        r = kept.slice(int(i), 1).to_pylist()[0]
+        s, e = pairs.offsets[i], pairs.offsets[i + 1]
+        try:
+            src = Image.open(data_root / r["src_image"])
+            trg = Image.open(data_root / r["trg_image"])
+            src.load()
+            trg.load()
+        except (OSError, FileNotFoundError) as exc:
+            raise ValueError(f"{data_root / r['src_image']}: cannot open image pair ({exc})") from None
+        name = f"{len(written):03d}-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in r["pair_id"]) + ".png"
+        title = f"{r['pair_id']}  {readout}  PCK@{alpha:g} = {frac[i] * 100:.0f}%"
+        draw_pair(src, trg, np.array(r["src_kps"]), np.array(r["trg_kps"]), xy[readout][s:e], hit[s:e], title, out / name)
+        written.append(out / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loaders import DatasetError
+
+    from .predictions import PredictionError
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.visualize", description=__doc__.splitlines()[1].strip())
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--pairs", type=int, default=10)
+    p.add_argument("--category", default=None)
+    p.add_argument("--worst", action="store_true", help="lowest per-pair PCK first")
+    p.add_argument("--readout", default=None)
+    p.add_argument("--alpha", type=float, default=0.1)
+    p.add_argument("--out", type=Path, default=None, help="default RUN_DIR/vis")
+    args = p.parse_args(argv)
+    try:
+        if args.pairs <= 0 or args.alpha <= 0:
+            raise ValueError("--pairs and --alpha must be positive")
+        written = visualize(args.run_dir, args.data_root, args.pairs, args.category, args.worst, args.readout,
+                            args.alpha, args.out)
+    except (ValueError, DatasetError, PredictionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for w in written:
+        print(f"wrote {w}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

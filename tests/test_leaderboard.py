@@ -1,0 +1,85 @@
+"""Leaderboards and match drawings from real run folders (identity matcher on fixtures)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from benchmarks.run import main as run_cli
+from benchmarks.visualize import main as vis_cli
+from leaderboard.__main__ import main as lb_cli
+from leaderboard.core import read_reported
+from loaders.testing import write_pfwillow_root, write_spair_root
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    write_spair_root(d / "spair", {"test": 36}, seed=5, images=True)
+    write_pfwillow_root(d / "willow")
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(d / "spair"),
+                    "--out", str(d / "r1"), "--quiet"]) == 0
+    assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--data-root", str(d / "willow"),
+                    "--out", str(d / "r2"), "--quiet"]) == 0
+    return d
+
+
+def test_build_files_and_reported_rows(runs, tmp_path):
+    out = tmp_path / "lb"
+    assert lb_cli(["build", str(runs / "r1"), str(runs / "r2"), "--out", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["pf-willow-categories.png", "pf-willow-pck-vs-alpha.png", "pf-willow.csv", "pf-willow.md",
+                     "spair-71k-categories.png", "spair-71k-pck-vs-alpha.png", "spair-71k.csv", "spair-71k.md"]
+    sp = pd.read_csv(out / "spair-71k.csv")
+    rep = sp[sp.kind == "reported"]
+    cpm = rep[(rep.method == "SD4Match-CPM") & (rep.protocol == "sd4match")]
+    assert cpm["all@0.1"].item() == 75.5 and cpm["bird@0.1"].item() == 85.7
+    meas = sp[sp.kind == "measured"]
+    assert set(meas.method) == {"identity"} and set(meas.protocol) == {"sd4match", "dift", "original"}
+    assert not meas["run"].str.contains("SD4Match").any()
+    # measured values equal the run's own results.csv
+    res = pd.read_csv(runs / "r1" / "results.csv")
+    r = res[(res.protocol == "dift") & (res["aggregate"] == "point") & (res.category == "all") & (res.alpha == 0.1)]
+    m = meas[(meas.protocol == "dift") & (meas["aggregate"] == "point")]
+    assert m["all@0.1"].item() == round(r.pck.item() * 100, 1)
+    md = (out / "spair-71k.md").read_text()
+    assert "| reported | SD4Match-CPM |" in md and "| measured | identity |" in md
+    with Image.open(out / "spair-71k-pck-vs-alpha.png") as im:
+        assert im.size[0] > 300
+    # pf-willow: no reported rows invented
+    assert set(pd.read_csv(out / "pf-willow.csv").kind) == {"measured"}
+
+
+def test_rebuild_is_byte_identical(runs, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert lb_cli(["build", str(runs / "r1"), str(runs / "r2"), "--out", str(a)]) == 0
+    assert lb_cli(["build", str(runs / "r2"), str(runs / "r1"), "--out", str(b)]) == 0
+    for f in a.iterdir():
+        assert f.read_bytes() == (b / f.name).read_bytes(), f.name
+
+
+def test_bad_run_dir(tmp_path, capsys):
+    assert lb_cli(["build", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "results.csv: missing" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_reported_file_has_sources():
+    rep = read_reported()
+    assert rep["run"].notna().all() and rep["pck"].between(0, 1).all()
+    cpm = rep[(rep.method == "SD4Match-CPM") & (rep.dataset == "spair-71k") & (rep.alpha == 0.1) & (rep.category != "all")]
+    assert len(cpm) == 18
+
+
+def test_visualize_pngs(runs, tmp_path, capsys):
+    out = tmp_path / "vis"
+    assert vis_cli([str(runs / "r1"), "--data-root", str(runs / "spair"), "--pairs", "3", "--worst", "--out", str(out)]) == 0
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 3
+    with Image.open(files[0]) as im:
+        assert im.size[0] > 200
+    assert vis_cli([str(runs / "r1"), "--data-root", str(runs / "spair"), "--category", "cat", "--out", str(out / "c")]) == 0
+    assert len(list((out / "c").glob("*.png"))) == 2  # 36 pairs over 18 categories
+    assert vis_cli([str(runs / "r1"), "--data-root", str(runs / "spair"), "--category", "unicorn"]) == 2
+    assert "unknown category 'unicorn'" in capsys.readouterr().err

@@ -1,0 +1,319 @@
+"""Dense-feature matching, implemented once.
+
+A feature matcher subclasses :class:`DenseMatcher` and implements only :meth:`DenseMatcher.extract`
+(images -> feature maps). This base does the rest: image loading and resizing, batching, device
+and dtype, an on-disk feature cache keyed by image content and settings, bilinear sampling of
+source keypoints on the feature grid, cosine similarity, every readout, and the mapping back to
+original target pixels.
+
+Geometry (align-corners convention, as in SD4Match): an original pixel x of an image of width W0
+maps to x_in = x * S / W0 in the S x S network input, and to grid coordinate
+x_g = x_in * (w - 1) / (S - 1) on a w-cell feature map; predictions go back the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import readouts as R
+from .matchers.base import ConfigError, Matcher, MatcherConfig, MatcherError, Pair
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+#: readouts a dense matcher offers: the grid readouts plus DIFT's upsampled nearest neighbour
+DENSE_READOUTS = (*R.READOUTS, "upsampled-nn")
+#: settings that do not change the features (left out of the feature-cache key)
+NON_FEATURE_SETTINGS = ("readout", "batch_size", "cache_dir", "temperature", "kernel_sigma", "window_radius")
+
+
+@dataclass(frozen=True)
+class DenseConfig(MatcherConfig):
+    """Settings of every dense matcher (subclasses add their own).
+
+    image_size: the S x S network input (anisotropic resize).
+    readout: comma-separated subset of ``nn, soft-argmax, kernel-soft-argmax,
+        window-soft-argmax, upsampled-nn``.
+    temperature: softmax temperature of the soft readouts; kernel_sigma: Gaussian sigma in grid
+        cells (kernel soft-argmax); window_radius: half-width in cells (window soft-argmax).
+    cache_dir: feature cache folder ("" = no cache).
+    """
+
+    image_size: int = 768
+    device: str = "cpu"
+    dtype: str = "float32"
+    readout: str = "nn,soft-argmax,kernel-soft-argmax,window-soft-argmax"
+    temperature: float = 0.04
+    kernel_sigma: float = 7.0
+    window_radius: int = 3
+    cache_dir: str = ""
+
+
+@dataclass
+class ImageInfo:
+    """One image handed to :meth:`DenseMatcher.extract`."""
+
+    path: Path
+    key: str  # sha256 of the file's bytes
+    category: str
+    width: int
+    height: int
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MatcherError(f"--device {name} requested but no CUDA GPU is available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MatcherError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif dev.type != "cpu":
+        raise ConfigError(f"unsupported device {name!r}; valid: cpu, cuda, cuda:N")
+    return dev
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {name!r}; valid: float32, float16, bfloat16")
+    return DTYPES[name]
+
+
+def to_grid(xy: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, int]) -> torch.Tensor:
+    """Original pixels (x, y) of an image of ``size`` (W0, H0) -> grid coordinates on ``hw``."""
+    (W0, H0), (h, w) = size, hw
+    scale = torch.tensor([S / W0 * (w - 1) / (S - 1), S / H0 * (h - 1) / (S - 1)], dtype=xy.dtype, device=xy.device)
+    return xy * scale
+
+
+def from_grid(g: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`to_grid`."""
+    (W0, H0), (h, w) = size, hw
+    scale = torch.tensor([(S - 1) / (w - 1) * W0 / S, (S - 1) / (h - 1) * H0 / S], dtype=g.dtype, device=g.device)
+    return g * scale
+
+
+def sample_at(feat: torch.Tensor, grid_xy: torch.Tensor) -> torch.Tensor:
+    """Bilinear sample ``(C, h, w)`` features at ``(N, 2)`` grid coordinates -> ``(N, C)`` (align corners)."""
+    C, h, w = feat.shape
+    norm = torch.stack([grid_xy[:, 0] / max(w - 1, 1) * 2 - 1, grid_xy[:, 1] / max(h - 1, 1) * 2 - 1], dim=1)
+    out = F.grid_sample(feat[None].float(), norm[None, :, None, :].float(), mode="bilinear", align_corners=True)
+    return out[0, :, :, 0].T
+
+
+def cosine_maps(src_vec: torch.Tensor, trg_feat: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of ``(N, C)`` vectors with every cell of ``(C, h, w)`` -> ``(N, h, w)``."""
+    C, h, w = trg_feat.shape
+    a = F.normalize(src_vec.float(), dim=1)
+    b = F.normalize(trg_feat.float().reshape(C, -1), dim=0)
+    return (a @ b).reshape(-1, h, w)
+
+
+def upsampled_nn(src_feat: torch.Tensor, trg_feat: torch.Tensor, src_xy: torch.Tensor,
+                 src_size: tuple[int, int], trg_size: tuple[int, int], channel_chunk: int = 256) -> torch.Tensor:
+    """DIFT's readout: features upsampled (bilinear) to each original image, argmax of the cosine.
+
+    The source feature is taken at the keypoint's (rounded) pixel of the upsampled source map;
+    the target map is compared at every target pixel. Computed without materialising the
+    upsampled target features: bilinear upsampling is linear, so the dot products are the
+    upsampled grid dot products, and the per-pixel norms are accumulated over channel chunks.
+    Shape: src_xy (N, 2) original source pixels -> (N, 2) original target pixels.
+    """
+    (sw, sh), (tw, th) = src_size, trg_size
+    C = src_feat.shape[0]
+    px = src_xy.round().clamp(min=0)
+    px[:, 0] = px[:, 0].clamp(max=sw - 1)
+    px[:, 1] = px[:, 1].clamp(max=sh - 1)
+    # bilinear (align_corners=False) sample of the source map at pixel centres == upsampled map at that pixel
+    h, w = src_feat.shape[1:]
+    norm = torch.stack([(px[:, 0] + 0.5) / sw * 2 - 1, (px[:, 1] + 0.5) / sh * 2 - 1], dim=1)
+    vec = F.grid_sample(src_feat[None].float(), norm[None, :, None, :], mode="bilinear", align_corners=False)[0, :, :, 0].T
+    vec = F.normalize(vec, dim=1)
+    tf = trg_feat.float()
+    dots = F.interpolate(torch.einsum("nc,chw->nhw", vec, tf)[None], size=(th, tw), mode="bilinear", align_corners=False)[0]
+    sq = torch.zeros((th, tw), device=tf.device)
+    for c in range(0, C, channel_chunk):
+        up = F.interpolate(tf[None, c:c + channel_chunk], size=(th, tw), mode="bilinear", align_corners=False)[0]
+        sq += (up * up).sum(0)
+    cos = dots / sq.clamp_min(1e-12).sqrt()[None]
+    return R.nearest_neighbour(cos).float()
+
+
+class DenseMatcher(Matcher):
+    """Base of matchers that produce a dense feature map per image. Implement :meth:`extract`."""
+
+    Config = DenseConfig
+    needs_images = True
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        cfg = self.config
+        names = [r.strip() for r in cfg.readout.split(",") if r.strip()]
+        bad = [r for r in names if r not in DENSE_READOUTS]
+        if bad or not names:
+            raise ConfigError(f"unknown readout {bad[0] if bad else cfg.readout!r}; valid: {', '.join(DENSE_READOUTS)}")
+        self._readouts = tuple(names)
+        if isinstance(cfg.batch_size, str) or int(cfg.batch_size) < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+        if cfg.image_size < 2:
+            raise ConfigError(f"image_size must be >= 2, got {cfg.image_size}")
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype)
+        settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_FEATURE_SETTINGS}
+        self.feature_hash = _hash(self.name, settings)
+        self._cache_dir = Path(cfg.cache_dir) / self.name / self.feature_hash if cfg.cache_dir else None
+        self.stats = {"extracted": 0, "cache_hits": 0}
+        self._images: dict[Path, tuple[torch.Tensor, str, tuple[int, int]]] = {}
+        self._recent: dict[tuple[str, str], torch.Tensor] = {}  # small in-memory cache across batches
+        self.memory_cache_size = 64
+
+    @property
+    def readouts(self) -> tuple[str, ...]:
+        return self._readouts
+
+    # ------------------------------------------------------------------ to implement
+    def extract(self, images: torch.Tensor, infos: list[ImageInfo]) -> torch.Tensor:
+        """``(B, 3, S, S)`` float images in [0, 1] (on ``self.device``) -> ``(B, C, h, w)`` features."""
+        raise NotImplementedError
+
+    def cache_tag(self, info: ImageInfo) -> str:
+        """Extra part of an image's cache key (e.g. the prompt when features depend on the category)."""
+        return ""
+
+    # ------------------------------------------------------------------ images and cache
+    def load_image(self, path: Path) -> tuple[torch.Tensor, str, tuple[int, int]]:
+        """Read, hash and resize one image -> ((3, S, S) in [0, 1], sha256, (W0, H0))."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise MatcherError(f"{path}: image file is missing") from None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+                rgb = im.convert("RGB").resize((self.config.image_size,) * 2, Image.BILINEAR)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise MatcherError(f"{path}: cannot decode image ({exc})") from None
+        arr = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return arr, hashlib.sha256(data).hexdigest(), size
+
+    def _cache_path(self, info: ImageInfo) -> Path | None:
+        if self._cache_dir is None:
+            return None
+        tag = self.cache_tag(info)
+        suffix = "-" + hashlib.sha256(tag.encode()).hexdigest()[:12] if tag else ""
+        return self._cache_dir / f"{info.key[:32]}{suffix}.pt"
+
+    def _cache_get(self, info: ImageInfo) -> torch.Tensor | None:
+        path = self._cache_path(info)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location=self.device, weights_only=True)
+        except Exception:
+            return None  # a damaged cache file is recomputed
+
+    def _cache_put(self, info: ImageInfo, feat: torch.Tensor) -> None:
+        path = self._cache_path(info)
+        if path is None:
+            return
+        from loaders.atomic import atomic_path
+
+        with atomic_path(path, suffix=".pt") as tmp:
+            torch.save(feat.detach().to("cpu").clone(), tmp)
+
+    def image_features(self, pairs: list[Pair]) -> tuple[dict[str, torch.Tensor], dict[str, ImageInfo]]:
+        """Features of every distinct image of ``pairs`` (cached ones loaded, others extracted in batches)."""
+        wanted: dict[str, tuple[Path, str]] = {}
+        for p in pairs:
+            for side in ("src", "trg"):
+                wanted.setdefault(p.row[f"{side}_image"], (p.image_path(side), p.row["category"]))
+        feats, infos, todo = {}, {}, []
+        for rel, (path, cat) in wanted.items():
+            img, key, (w, h) = self.load_image(path)
+            info = ImageInfo(path, key, cat, w, h)
+            infos[rel] = info
+            mem_key = (key, self.cache_tag(info))
+            if mem_key in self._recent:
+                feats[rel] = self._recent[mem_key]
+                continue
+            cached = self._cache_get(info)
+            if cached is not None:
+                feats[rel] = cached
+                self.stats["cache_hits"] += 1
+            else:
+                todo.append((rel, img, info))
+        bs = int(self.config.batch_size)
+        for b in range(0, len(todo), bs):
+            chunk = todo[b:b + bs]
+            batch = torch.stack([img for _, img, _ in chunk]).to(self.device)
+            try:
+                out = self.extract(batch, [info for _, _, info in chunk])
+            except torch.cuda.OutOfMemoryError:
+                raise MatcherError(
+                    f"batch size {bs} does not fit on {self.device}; rerun with a smaller --batch-size "
+                    "(features computed so far are kept in the cache)"
+                ) from None
+            for (rel, _, info), f in zip(chunk, out):
+                feats[rel] = f
+                self._cache_put(info, f)
+                self.stats["extracted"] += 1
+        for rel, info in infos.items():
+            self._recent[(info.key, self.cache_tag(info))] = feats[rel]
+        while len(self._recent) > self.memory_cache_size:
+            self._recent.pop(next(iter(self._recent)))
+        return feats, infos
+
+    def pair_features(self, pairs: list[Pair]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(source, target) feature maps per pair. Per-image by default; CPM-like matchers override."""
+        feats, _ = self.image_features(pairs)
+        return [(feats[p.row["src_image"]], feats[p.row["trg_image"]]) for p in pairs]
+
+    # ------------------------------------------------------------------ matching
+    @torch.no_grad()
+    def predict(self, pairs):
+        pairs = list(pairs)
+        cfg = self.config
+        S = cfg.image_size
+        out = {r: [] for r in self._readouts}
+        for p, (fs, ft) in zip(pairs, self.pair_features(pairs)):
+            src_xy = torch.as_tensor(p.src_kps, dtype=torch.float32, device=fs.device)
+            hw = tuple(ft.shape[1:])
+            if len(src_xy) == 0:
+                for r in self._readouts:
+                    out[r].append(np.zeros((0, 2)))
+                continue
+            grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]))
+            sim = cosine_maps(sample_at(fs, grid_src), ft)
+            for r in self._readouts:
+                if r == "upsampled-nn":
+                    pred = upsampled_nn(fs, ft, src_xy, p.src_size, p.trg_size)
+                else:
+                    g = R.apply(r, sim, temperature=cfg.temperature, sigma=cfg.kernel_sigma, radius=cfg.window_radius)
+                    pred = from_grid(g, p.trg_size, S, hw)
+                out[r].append(pred.double().cpu().numpy())
+        return out
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "feature_hash": self.feature_hash, **self.stats}
+
+
+def _hash(name: str, settings: dict) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps({"matcher": name, **settings}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

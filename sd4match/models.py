@@ -1,0 +1,84 @@
+"""Loading Stable Diffusion components: hub id, local folder, or the in-code ``tiny`` stack."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.matchers.base import MatcherError
+
+#: historical hub id of SD-2.1 (taken down from the Hub; a mirror or local copy is needed)
+SD21_HUB_ID = "stabilityai/stable-diffusion-2-1"
+MODEL_ENV = "CORRBENCH_SD_MODEL"
+COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+HOW_TO = (
+    f"the {SD21_HUB_ID} repository has been taken down from the Hugging Face Hub; point --model-id "
+    f"(or ${MODEL_ENV}) at a mirror's hub id or at a local copy holding {', '.join(c + '/' for c in COMPONENTS)}"
+)
+
+
+def default_model_id() -> str:
+    return os.environ.get(MODEL_ENV) or SD21_HUB_ID
+
+
+@dataclass
+class SDComponents:
+    vae: Any
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    model_id: str
+
+
+def _check_local(folder: Path) -> None:
+    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    if missing:
+        raise MatcherError(f"{folder}: local model folder lacks component folder(s) {', '.join(missing)}; {HOW_TO}")
+    for c in ("vae", "unet", "text_encoder"):
+        if not (folder / c / "config.json").is_file():
+            raise MatcherError(f"{folder / c}: config.json missing (incomplete model copy); {HOW_TO}")
+
+
+def load_components(model_id: str, seed: int = 0) -> SDComponents:
+    """Load VAE, UNet, text encoder, tokenizer and scheduler; one-line :class:`MatcherError` on failure.
+
+    ``model_id``: ``tiny`` (random weights built in code), a local folder, or a hub id (fetched
+    only if not cached; timeouts keep an unreachable hub from hanging).
+    """
+    if model_id == "tiny":
+        from .tiny import tiny_components
+
+        return tiny_components(seed)
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
+    local = Path(model_id).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise MatcherError(f"{local}: --model-id must be a folder or a hub id, not a file")
+        _check_local(local)
+        source = str(local)
+    elif model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
+        raise MatcherError(f"{model_id}: no such model folder; {HOW_TO}")
+    else:
+        source = model_id
+    try:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
+        text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
+        tok = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
+        sched = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
+    except MatcherError:
+        raise
+    except Exception as exc:  # hub, network and file errors come in many types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MatcherError(f"cannot load Stable Diffusion from {model_id!r} ({type(exc).__name__}: {reason[:200]}); {HOW_TO}") from None
+    for m in (vae, unet, text):
+        m.eval().requires_grad_(False)
+    return SDComponents(vae=vae, unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, model_id=model_id)

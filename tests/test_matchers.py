@@ -1,0 +1,98 @@
+"""Every registered matcher (tiny preset) on real PF-Willow pairs and on fixture pairs, plus the
+geometry check of the dense base on known transforms of real images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+import loaders
+from benchmarks import registry
+from benchmarks.matchers.base import Pair
+from loaders.testing import write_spair_root
+
+from .conftest import shared
+
+
+def _pairs(table, root, n):
+    return [Pair(r, Path(root)) for r in table.slice(0, n).to_pylist()]
+
+
+def _check(matcher, pairs, tmp_path):
+    out1 = matcher.predict(pairs)
+    assert set(out1) == set(matcher.readouts)
+    for r, preds in out1.items():
+        assert len(preds) == len(pairs)
+        for p, pred in zip(pairs, preds):
+            pred = np.asarray(pred)
+            assert pred.shape == (len(p.row["src_kps"]), 2), r
+            assert np.isfinite(pred).all(), r
+            w, h = p.trg_size
+            assert (pred >= -1e-6).all() and (pred[:, 0] <= w - 1 + 1e-4).all() and (pred[:, 1] <= h - 1 + 1e-4).all(), r
+    return out1
+
+
+@pytest.mark.parametrize("name", sorted(registry.BUILTIN))
+def test_matcher_on_real_pfwillow(name, tmp_path):
+    root = shared("PF-WILLOW")
+    table = loaders.load("pf-willow", root, "test")
+    pairs = _pairs(table, root, 3)
+    cls = registry.load_class(name)
+    out1 = _check(cls.from_settings("tiny"), pairs, tmp_path)
+    out2 = cls.from_settings("tiny").predict(pairs)  # a fresh instance, same seed
+    for r in out1:
+        for a, b in zip(out1[r], out2[r]):
+            np.testing.assert_array_equal(a, b)  # bit for bit on CPU
+
+
+@pytest.mark.parametrize("name", sorted(registry.BUILTIN))
+def test_matcher_on_fixture_pairs(name, tmp_path):
+    write_spair_root(tmp_path, {"test": 4}, seed=2, images=True)
+    table = loaders.load("spair-71k", tmp_path, "test")
+    _check(registry.load_class(name).from_settings("tiny"), _pairs(table, tmp_path, 4), tmp_path)
+
+
+def test_geometry_known_transforms_patch_matcher(tmp_path):
+    """Crops + translations + anisotropic scalings of real PF-Willow images: PCK@0.05 >= 0.95."""
+    base = shared("PF-WILLOW", "PF-dataset")
+    images = sorted(base.glob("*/*.png"))[::5]
+    cls = registry.load_class("patch")
+    matcher = cls.from_settings()
+    pairs, gts = [], []
+    for n, path in enumerate(images):
+        im = Image.open(path).convert("RGB")
+        W, H = im.size
+        pts = scipy.io.loadmat(str(path.with_suffix(".mat")))["pts_coord"].T
+        a = (0, 0, int(0.8 * W), int(0.8 * H))
+        dx, dy = (int(0.12 * W), int(0.07 * H)) if n % 2 else (int(0.05 * W), int(0.15 * H))
+        b = (dx, dy, dx + a[2], dy + a[3])
+        k = [(1.4, 0.9), (0.7, 0.7), (1.0, 1.6)][n % 3]
+        src = im.crop(a)
+        trg = im.crop(b)
+        tw, th = int(trg.width * k[0]), int(trg.height * k[1])
+        trg = trg.resize((tw, th), Image.BICUBIC)
+        src.save(tmp_path / f"{n}s.png")
+        trg.save(tmp_path / f"{n}t.png")
+        ok = (pts[:, 0] >= b[0] + 10) & (pts[:, 0] < a[2] - 10) & (pts[:, 1] >= b[1] + 10) & (pts[:, 1] < a[3] - 10)
+        sp = pts[ok]
+        tp = (sp - [b[0], b[1]]) * [tw / (b[2] - b[0]), th / (b[3] - b[1])]
+        if len(sp) == 0:
+            continue
+        row = {"pair_id": str(n), "category": "x", "src_image": f"{n}s.png", "trg_image": f"{n}t.png",
+               "src_kps": sp.tolist(), "trg_kps": tp.tolist(), "src_width": src.width, "src_height": src.height,
+               "trg_width": tw, "trg_height": th}
+        pairs.append(Pair(row, tmp_path))
+        gts.append(tp)
+    assert len(pairs) >= 15
+    out = matcher.predict(pairs)
+    for readout, preds in out.items():
+        hits = np.concatenate([np.linalg.norm(pr - g, axis=1) <= 0.05 * max(p.trg_size) for p, g, pr in zip(pairs, gts, preds)])
+        assert hits.mean() >= 0.95, f"{readout}: PCK@0.05 {hits.mean():.3f}"
+    # the check is sharp enough to catch an x/y swap in the mapping back
+    swapped = [pr[:, ::-1] for pr in out["nn"]]
+    hits = np.concatenate([np.linalg.norm(pr - g, axis=1) <= 0.05 * max(p.trg_size) for p, g, pr in zip(pairs, gts, swapped)])
+    assert hits.mean() < 0.5

@@ -1,0 +1,78 @@
+"""Readouts as pure tensor functions, and the grid geometry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks import readouts as R
+from benchmarks.dense import from_grid, sample_at, to_grid
+
+
+def peaked(h=9, w=12, at=(7, 2), value=1.0):
+    sim = torch.zeros(1, h, w)
+    sim[0, at[1], at[0]] = value
+    return sim
+
+
+def test_nearest_neighbour_returns_x_then_y():
+    assert R.nearest_neighbour(peaked(at=(7, 2))).tolist() == [[7.0, 2.0]]
+
+
+def test_soft_argmax_symmetric_and_temperature():
+    sim = torch.full((1, 5, 5), -1.0)
+    sim[0, 2, 1] = sim[0, 2, 3] = 1.0  # two equal peaks -> expectation in between
+    torch.testing.assert_close(R.soft_argmax(sim, 0.01), torch.tensor([[2.0, 2.0]]))
+    flat = torch.zeros(1, 3, 5)  # uniform -> centre of the map
+    torch.testing.assert_close(R.soft_argmax(flat, 0.04), torch.tensor([[2.0, 1.0]]))
+
+
+def test_kernel_soft_argmax_suppresses_far_peak():
+    sim = torch.zeros(1, 20, 20)
+    sim[0, 5, 5] = 1.0
+    sim[0, 15, 15] = 0.99  # a far second peak pulls plain soft-argmax away
+    plain = R.soft_argmax(sim, 0.04)[0]
+    kern = R.kernel_soft_argmax(sim, sigma=2.0, temperature=0.04)[0]
+    assert plain[0] > 7  # pulled towards (15, 15)
+    torch.testing.assert_close(kern, torch.tensor([5.0, 5.0]), atol=0.05, rtol=0)
+
+
+def test_kernel_soft_argmax_by_hand():
+    # 1 x 3 map [0, 1, 0.5]; Gaussian sigma 1 at x=1 -> weights [e^-0.5, 1, e^-0.5]
+    sim = torch.tensor([[[0.0, 1.0, 0.5]]])
+    g = torch.exp(torch.tensor(-0.5))
+    logits = torch.tensor([0.0, 1.0, 0.5 * g]) / 0.5
+    p = torch.softmax(logits, 0)
+    expect = (p * torch.arange(3.0)).sum()
+    got = R.kernel_soft_argmax(sim, sigma=1.0, temperature=0.5)
+    torch.testing.assert_close(got, torch.tensor([[expect.item(), 0.0]]))
+
+
+def test_window_soft_argmax_ignores_outside():
+    sim = torch.zeros(1, 10, 10)
+    sim[0, 4, 4] = 1.0
+    sim[0, 4, 5] = 1.0  # inside the window: shares the mass
+    sim[0, 9, 9] = 1.0  # outside radius 1 around the argmax (4, 4)
+    got = R.window_soft_argmax(sim, radius=1, temperature=0.001)
+    torch.testing.assert_close(got, torch.tensor([[4.5, 4.0]]))
+
+
+def test_apply_unknown():
+    with pytest.raises(ValueError, match="unknown readout 'best'; valid: nn, soft-argmax"):
+        R.apply("best", peaked())
+
+
+def test_grid_round_trip_and_align_corners():
+    xy = torch.tensor([[0.0, 0.0], [299.0, 199.0], [150.0, 20.0]])
+    g = to_grid(xy, (300, 200), 768, (48, 48))
+    # align corners: the last input pixel (767) maps to the last cell (47)
+    torch.testing.assert_close(to_grid(torch.tensor([[767.0 * 300 / 768, 767.0 * 200 / 768]]), (300, 200), 768, (48, 48)),
+                               torch.tensor([[47.0, 47.0]]))
+    torch.testing.assert_close(from_grid(g, (300, 200), 768, (48, 48)), xy)
+
+
+def test_sample_at_bilinear_by_hand():
+    feat = torch.arange(12.0).reshape(1, 3, 4)  # value = 4 y + x
+    pts = torch.tensor([[0.0, 0.0], [3.0, 2.0], [1.5, 0.5]])
+    got = sample_at(feat, pts)[:, 0]
+    torch.testing.assert_close(got, torch.tensor([0.0, 11.0, 0.5 * 4 + 1.5]))

@@ -1,0 +1,181 @@
+"""Stable Diffusion feature extraction with the tiny in-code stack (CPU, seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.matchers.base import ConfigError, MatcherError
+from benchmarks.run import main as run_cli
+from loaders.testing import write_pfwillow_root
+from sd4match.features import SDFeaturizer
+from sd4match.models import HOW_TO, load_components
+from sd4match.tiny import tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def comps():
+    return load_components("tiny", seed=0)
+
+
+def test_truncated_unet_equals_full_forward_capture(comps):
+    sd = SDFeaturizer(comps, up_block=1)
+    torch.manual_seed(0)
+    noisy = torch.randn(2, 4, 32, 32)
+    t = torch.tensor([261, 261])
+    ctx = sd.encode_text(["a photo of a cat", "a photo of a dog"])
+    truncated = sd.unet_features(noisy, t, ctx)
+    sd.close()
+    captured, later = {}, []
+    h1 = comps.unet.up_blocks[1].register_forward_hook(lambda m, i, o: captured.setdefault("f", o))
+    h2 = comps.unet.up_blocks[2].register_forward_hook(lambda m, i, o: later.append(1))
+    with torch.no_grad():
+        full = comps.unet(noisy, t, encoder_hidden_states=ctx).sample
+    h1.remove()
+    h2.remove()
+    assert full.shape == (2, 4, 32, 32) and later == [1]
+    torch.testing.assert_close(truncated, captured["f"], rtol=0, atol=0)
+    assert truncated.shape == (2, 16, 32, 32)
+
+
+def test_truncated_forward_stops_early(comps):
+    sd = SDFeaturizer(comps, up_block=1)
+    ran = []
+    h = comps.unet.up_blocks[2].register_forward_hook(lambda m, i, o: ran.append(1))
+    sd.unet_features(torch.randn(1, 4, 32, 32), torch.tensor([50]), sd.encode_text(["x"]))
+    h.remove()
+    sd.close()
+    assert ran == []
+
+
+def test_text_context_and_direct_embeddings(comps):
+    sd = SDFeaturizer(comps)
+    ctx = sd.encode_text(["a photo of a cat"])
+    assert ctx.shape == (1, 77, 16)
+    img = torch.rand(1, 3, 64, 64) * 2 - 1
+    mean, std = sd.posterior(img)
+    f_text = sd.features(mean, std, ctx, keys=["k"], t=261, ensemble=2, seed=0)
+    f_learned = sd.features(mean, std, torch.randn(1, 77, 16), keys=["k"], t=261, ensemble=2, seed=0)
+    assert f_text.shape == (1, 16, 32, 32) and not torch.equal(f_text, f_learned)
+    again = sd.features(mean, std, ctx, keys=["k"], t=261, ensemble=2, seed=0)
+    assert torch.equal(f_text, again)
+    assert not torch.equal(f_text, sd.features(mean, std, ctx, keys=["k"], t=261, ensemble=2, seed=1))
+    # the ensemble averages members: ensemble 1 differs from ensemble 2
+    assert not torch.equal(f_text, sd.features(mean, std, ctx, keys=["k"], t=261, ensemble=1, seed=0))
+    sd.close()
+
+
+def test_noise_independent_of_batch_composition(comps):
+    sd = SDFeaturizer(comps)
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    mean, std = sd.posterior(img)
+    ctx = sd.encode_text(["a", "b"])
+    both = sd.features(mean, std, ctx, keys=["k0", "k1"], t=261, ensemble=2, seed=0)
+    one = sd.features(mean[1:], std[1:], ctx[1:], keys=["k1"], t=261, ensemble=2, seed=0)
+    torch.testing.assert_close(both[1:], one, rtol=1e-5, atol=1e-6)
+    sd.close()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_runs(dtype):
+    comps = load_components("tiny", seed=0)
+    sd = SDFeaturizer(comps, dtype=dtype)
+    img = torch.rand(1, 3, 64, 64) * 2 - 1
+    mean, std = sd.posterior(img.to(dtype))
+    f = sd.features(mean, std, sd.encode_text(["x"]), keys=["k"], t=50, ensemble=2, seed=0)
+    assert f.dtype == torch.float32 and torch.isfinite(f).all()
+    sd.close()
+
+
+def test_tokenizer_written_by_code():
+    tok = tiny_tokenizer()
+    ids = tok("a photo of a cat", padding="max_length", max_length=77, truncation=True).input_ids
+    assert len(ids) == 77 and ids[0] == tok.bos_token_id and tok.eos_token_id in ids
+
+
+def test_unreachable_model_id_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(MatcherError) as info:
+        load_components("nobody-here/not-a-model")
+    msg = str(info.value)
+    assert "cannot load Stable Diffusion from 'nobody-here/not-a-model'" in msg and "taken down" in msg
+    assert "\n" not in msg
+
+
+def test_local_folder_missing_component(tmp_path):
+    for c in ("vae", "unet"):
+        (tmp_path / c).mkdir()
+    with pytest.raises(MatcherError, match=r"lacks component folder\(s\) text_encoder, tokenizer, scheduler"):
+        load_components(str(tmp_path))
+    with pytest.raises(MatcherError, match="no such model folder"):
+        load_components(str(tmp_path / "nope"))
+    assert "--model-id" in HOW_TO
+
+
+def _run(tmp_path, *extra):
+    write_pfwillow_root(tmp_path / "w", subsets=("car(G)",), n_images=3)
+    return run_cli(["--matcher", "dift", "--preset", "tiny", "--dataset", "pf-willow", "--data-root", str(tmp_path / "w"),
+                    "--out", str(tmp_path / "o"), "--quiet", *extra])
+
+
+def test_cli_bad_inputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _run(tmp_path, "--model-id", str(tmp_path / "missing-model")) == 2
+    assert "no such model folder" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert _run(tmp_path, "--device", "cuda") == 2
+        assert "no CUDA GPU is available" in capsys.readouterr().err
+    assert _run(tmp_path, "--batch-size", "0") == 2
+    assert "batch_size must be a positive integer" in capsys.readouterr().err
+    assert _run(tmp_path, "--dtype", "float8") == 2
+    assert "unknown dtype 'float8'" in capsys.readouterr().err
+    assert _run(tmp_path, "--readout", "best") == 2
+    assert "unknown readout 'best'" in capsys.readouterr().err
+    bad = tmp_path / "w" / "PF-dataset" / "car(G)" / "img_001.png"
+    bad.write_bytes(b"\x89PNG broken")
+    # the loader reads image headers for sizes, so a broken image is reported before any model runs
+    assert run_cli(["--matcher", "dift", "--preset", "tiny", "--dataset", "pf-willow", "--data-root", str(tmp_path / "w"),
+                    "--out", str(tmp_path / "o2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "img_001.png" in err and err.count("\n") == 1
+
+
+def test_undecodable_image_in_matcher(tmp_path):
+    from benchmarks.dense import DenseMatcher
+
+    p = tmp_path / "x.jpg"
+    p.write_bytes(b"not an image")
+    m = DenseMatcher.__new__(DenseMatcher)
+    m.config = type("C", (), {"image_size": 8})()
+    with pytest.raises(MatcherError, match="x.jpg: cannot decode image"):
+        DenseMatcher.load_image(m, p)
+
+
+def test_cache_resume_and_identical_predictions(tmp_path):
+    cache = tmp_path / "cache"
+    assert _run(tmp_path, "--cache-dir", str(cache)) == 0
+    import json
+
+    import pyarrow.parquet as pq
+
+    first = pq.read_table(tmp_path / "o" / "predictions.parquet")
+    info = json.loads((tmp_path / "o" / "run.json").read_text())["matcher_info"]
+    assert info["extracted"] == 3 and info["cache_hits"] == 0
+    assert len(list(cache.rglob("*.pt"))) == 3
+    assert _run(tmp_path, "--cache-dir", str(cache)) == 0
+    info = json.loads((tmp_path / "o" / "run.json").read_text())["matcher_info"]
+    assert info["extracted"] == 0 and info["cache_hits"] == 3
+    assert pq.read_table(tmp_path / "o" / "predictions.parquet").equals(first)
+
+
+def test_bad_settings():
+    from sd4match.dift import DiftMatcher
+
+    with pytest.raises(ConfigError, match="ensemble must be >= 1"):
+        DiftMatcher.from_settings("tiny", ensemble=0)
+    m = DiftMatcher.from_settings("tiny", seed=3)
+    assert m.config.seed == 3 and m.config.model_id == "tiny" and m.config.t == 261
+    d = DiftMatcher.Config()
+    assert (d.t, d.up_block, d.ensemble, d.image_size) == (261, 1, 8, 768)
+    assert np.isclose(d.temperature, 0.04)

@@ -43,6 +43,41 @@ def _check_local(folder: Path) -> None:
             raise MatcherError(f"{folder / c}: config.json missing (incomplete model copy); {HOW_TO}")
 
 
+def _load_all(source: str, **kw):
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    return (
+        AutoencoderKL.from_pretrained(source, subfolder="vae", **kw),
+        UNet2DConditionModel.from_pretrained(source, subfolder="unet", **kw),
+        CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw),
+        CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **kw),
+        DDPMScheduler.from_pretrained(source, subfolder="scheduler", **kw),
+    )
+
+
+def _probe_hub(model_id: str, timeout: float = 10.0) -> None:
+    """Fail fast, in one line, when the hub cannot be reached or does not have ``model_id``."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise MatcherError(f"{model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {HOW_TO}")
+    import urllib.error
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = f"{endpoint}/api/models/{model_id}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=timeout):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403, 404):
+            raise MatcherError(f"model {model_id!r} not found on {endpoint} (HTTP {exc.code}); {HOW_TO}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise MatcherError(f"cannot reach {endpoint} for {model_id!r} ({getattr(exc, 'reason', exc)}); {HOW_TO}") from None
+
+
 def load_components(model_id: str, seed: int = 0) -> SDComponents:
     """Load VAE, UNet, text encoder, tokenizer and scheduler; one-line :class:`MatcherError` on failure.
 
@@ -65,15 +100,18 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
         raise MatcherError(f"{model_id}: no such model folder; {HOW_TO}")
     else:
         source = model_id
-    try:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTokenizer
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
 
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
-        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet")
-        text = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
-        tok = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-        sched = DDPMScheduler.from_pretrained(source, subfolder="scheduler")
+    dlog.set_verbosity_error()
+    tlog.set_verbosity_error()
+    try:
+        if source == model_id:  # a hub id: use the local HF cache if it has it, else check the hub answers
+            try:
+                _load_all(source, local_files_only=True)
+            except Exception:
+                _probe_hub(model_id)
+        vae, unet, text, tok, sched = _load_all(source)
     except MatcherError:
         raise
     except Exception as exc:  # hub, network and file errors come in many types

@@ -99,8 +99,23 @@ def test_unreachable_model_id_one_line(monkeypatch):
     with pytest.raises(MatcherError) as info:
         load_components("nobody-here/not-a-model")
     msg = str(info.value)
-    assert "cannot load Stable Diffusion from 'nobody-here/not-a-model'" in msg and "taken down" in msg
+    assert "'nobody-here/not-a-model' is not in the local Hugging Face cache" in msg and "taken down" in msg
     assert "\n" not in msg
+
+
+def test_unreachable_hub_fails_fast(monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def refuse(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    from sd4match.models import _probe_hub
+
+    with pytest.raises(MatcherError, match="cannot reach .* for 'org/model' .*Name or service not known.*--model-id"):
+        _probe_hub("org/model")
 
 
 def test_local_folder_missing_component(tmp_path):

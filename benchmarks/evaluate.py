@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .pck import BREAKDOWN_COLUMNS, PairArrays, aggregate, hits, per_pair
+from .pck import PairArrays, aggregate, hits, per_pair
 from .protocol import Protocol, protocols_for
 
 RESULT_COLUMNS = [

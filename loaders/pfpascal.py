@@ -98,7 +98,7 @@ def _read_mat(path: Path) -> tuple[list[list[float]], list[float] | None]:
     return kps.astype(float).tolist(), bbox
 
 
-def load(root: str | os.PathLike, split: str) -> "schema.pa.Table":
+def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
     """Read one split of PF-Pascal into a table in :data:`loaders.schema.SCHEMA`."""
     root = Path(root)
     path = pair_list(root, split)

@@ -107,7 +107,7 @@ def _csv_pairs(root: Path, path: Path):
             yield sub, rel_a, rel_b, a, b
 
 
-def load(root: str | os.PathLike, split: str = "test") -> "schema.pa.Table":
+def load(root: str | os.PathLike, split: str = "test") -> schema.pa.Table:
     """Read PF-Willow (only the ``test`` split exists) into a table in :data:`loaders.schema.SCHEMA`."""
     root = Path(root)
     if split != "test":

@@ -92,7 +92,7 @@ def _size(ann: dict, key: str, path: Path) -> tuple[int, int]:
     return value[0], value[1]
 
 
-def load(root: str | os.PathLike, split: str, layout: str = "large") -> "schema.pa.Table":
+def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.pa.Table:
     """Read one split of SPair-71k into a table in :data:`loaders.schema.SCHEMA`."""
     root = Path(root)
     names = read_layout(root, split, layout)

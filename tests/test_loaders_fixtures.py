@@ -13,7 +13,13 @@ import pytest
 import loaders
 from loaders import DatasetError, schema
 from loaders.__main__ import main as cli
-from loaders.testing import write_image, write_mat, write_pfpascal_root, write_pfwillow_root, write_spair_root
+from loaders.testing import (
+    write_image,
+    write_mat,
+    write_pfpascal_root,
+    write_pfwillow_root,
+    write_spair_root,
+)
 
 
 # ----------------------------------------------------------------------------- SPair-71k
@@ -115,7 +121,7 @@ def test_pfpascal_fixture_train_and_test(tmp_path):
         assert (r["src_width"], r["src_height"]) == info["images"][s]
         assert r["viewpoint_variation"] is None and r["subset"] is None
     test = loaders.load("pf-pascal", tmp_path, "test").to_pylist()
-    for (s, t, c, xa, ya, xb, yb), r in zip(info["lists"]["test"], test):
+    for (_s, _t, _c, xa, ya, xb, yb), r in zip(info["lists"]["test"], test):
         np.testing.assert_array_equal(np.array(r["src_kps"]), np.stack([xa, ya], 1).astype(np.float32))
         np.testing.assert_array_equal(np.array(r["trg_kps"]), np.stack([xb, yb], 1).astype(np.float32))
         assert r["kps_ids"] == list(range(len(xa))) and r["flip"] is False

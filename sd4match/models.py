@@ -88,6 +88,8 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
         from .tiny import tiny_components
 
         return tiny_components(seed)
+    if model_id == "random-sd21":
+        return random_sd21(seed)
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
     local = Path(model_id).expanduser()
@@ -120,3 +122,42 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
     for m in (vae, unet, text):
         m.eval().requires_grad_(False)
     return SDComponents(vae=vae, unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, model_id=model_id)
+
+
+def random_sd21(seed: int = 0) -> SDComponents:
+    """The SD-2.1 (768, v-prediction) architecture with random weights, built from configs in code.
+
+    For timing and memory checks without downloading weights (speed does not depend on weight
+    values); its features are meaningless. The tokenizer is the tiny in-code one, padded to the
+    real vocabulary size.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=768, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
+        cross_attention_dim=1024, use_linear_projection=True,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+        num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu", projection_dim=512,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    ))
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, prediction_type="v_prediction")
+    for m in (vae, unet, text):
+        m.eval().requires_grad_(False)
+    return SDComponents(vae=vae, unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, model_id="random-sd21")

@@ -9,27 +9,20 @@ argmax) and the 48 x 48 grid readouts.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from benchmarks.dense import DenseConfig, DenseMatcher
-
-from .features import SDFeaturizer
-from .models import default_model_id, load_components
+from .base import SDConfig, SDMatcherBase
 
 
 @dataclass(frozen=True)
-class DiftConfig(DenseConfig):
-    model_id: str = field(default_factory=default_model_id)
-    t: int = 261
-    up_block: int = 1
-    ensemble: int = 8
+class DiftConfig(SDConfig):
     prompt: str = "a photo of a {category}"
     readout: str = "upsampled-nn,nn,soft-argmax,kernel-soft-argmax,window-soft-argmax"
 
 
-class DiftMatcher(DenseMatcher):
+class DiftMatcher(SDMatcherBase):
     name = "dift"
     description = "DIFT: SD-2.1 up-block-1 features, t=261, ensemble 8, prompt 'a photo of a {category}'"
     Config = DiftConfig
@@ -40,41 +33,19 @@ class DiftMatcher(DenseMatcher):
 
     def __init__(self, config=None):
         super().__init__(config)
-        cfg = self.config
-        if cfg.ensemble < 1 or cfg.t < 0:
-            from benchmarks.matchers.base import ConfigError
-
-            raise ConfigError(f"ensemble must be >= 1 and t >= 0, got ensemble={cfg.ensemble}, t={cfg.t}")
-        self._sd = None
         self._prompts: dict[str, torch.Tensor] = {}
-
-    @property
-    def sd(self) -> SDFeaturizer:
-        if self._sd is None:  # loaded on first use: a fully cached run never loads the model
-            comps = load_components(self.config.model_id, seed=self.config.seed)
-            self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype)
-        return self._sd
 
     def cache_tag(self, info) -> str:
         return self.config.prompt.format(category=info.category)
 
     def _context(self, categories: list[str]) -> torch.Tensor:
+        """Text-encoder output, computed once per prompt."""
         for c in set(categories):
             if c not in self._prompts:
                 self._prompts[c] = self.sd.encode_text([self.config.prompt.format(category=c)])[0]
         return torch.stack([self._prompts[c] for c in categories])
 
     def extract(self, images, infos):
-        cfg = self.config
-        x = (images * 2 - 1).to(self.device, self.dtype)
-        mean, std = self.sd.posterior(x)
         ctx = self._context([i.category for i in infos])
         keys = [hashlib.sha256(f"{i.key}|{self.cache_tag(i)}".encode()).hexdigest() for i in infos]
-        return self.sd.features(mean, std, ctx, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)
-
-    def describe(self) -> dict:
-        return {**super().describe(), "model_id": self.config.model_id}
-
-    def close(self) -> None:
-        if self._sd is not None:
-            self._sd.close()
+        return self.sd_features(images, infos, ctx, keys)

@@ -177,7 +177,7 @@ def test_cache_resume_and_identical_predictions(tmp_path):
     first = pq.read_table(tmp_path / "o" / "predictions.parquet")
     info = json.loads((tmp_path / "o" / "run.json").read_text())["matcher_info"]
     assert info["extracted"] == 3 and info["cache_hits"] == 0
-    assert len(list(cache.rglob("*.pt"))) == 3
+    assert len(list((cache / "dift").rglob("*.pt"))) == 3 and len(list((cache / "vae").rglob("*.pt"))) == 3
     assert _run(tmp_path, "--cache-dir", str(cache)) == 0
     info = json.loads((tmp_path / "o" / "run.json").read_text())["matcher_info"]
     assert info["extracted"] == 0 and info["cache_hits"] == 3

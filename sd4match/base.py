@@ -1,0 +1,91 @@
+"""Shared machinery of Stable Diffusion matchers (DIFT, SD4Match): lazy model loading, the VAE
+posterior cached per image (memory and disk), and ensemble features from a context."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
+from benchmarks.matchers.base import ConfigError
+
+from .features import SDFeaturizer
+from .models import default_model_id, load_components
+
+
+@dataclass(frozen=True)
+class SDConfig(DenseConfig):
+    """model_id: hub id, local folder, ``tiny`` or ``random-sd21``; t: noise timestep;
+    up_block: UNet up block whose output is the feature; ensemble: noise draws averaged."""
+
+    model_id: str = field(default_factory=default_model_id)
+    t: int = 261
+    up_block: int = 1
+    ensemble: int = 8
+
+
+class SDMatcherBase(DenseMatcher):
+    Config = SDConfig
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        cfg = self.config
+        if cfg.ensemble < 1 or cfg.t < 0:
+            raise ConfigError(f"ensemble must be >= 1 and t >= 0, got ensemble={cfg.ensemble}, t={cfg.t}")
+        self._sd: SDFeaturizer | None = None
+        self._posteriors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        blob = json.dumps([cfg.model_id, cfg.image_size, cfg.dtype, cfg.device.split(":")[0]])
+        self._vae_dir = Path(cfg.cache_dir) / "vae" / hashlib.sha256(blob.encode()).hexdigest()[:12] if cfg.cache_dir else None
+
+    @property
+    def sd(self) -> SDFeaturizer:
+        if self._sd is None:  # loaded on first use: a fully cached run never loads the model
+            comps = load_components(self.config.model_id, seed=self.config.seed)
+            self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype)
+        return self._sd
+
+    def posterior(self, images: torch.Tensor, infos: list[ImageInfo]) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior (mean, std) per image, computed once per image and cached."""
+        from loaders.atomic import atomic_path
+
+        todo = [i for i, info in enumerate(infos) if info.key not in self._posteriors]
+        for i in list(todo):
+            path = self._vae_dir / f"{infos[i].key[:32]}.pt" if self._vae_dir else None
+            if path is not None and path.is_file():
+                try:
+                    m, s = torch.load(path, map_location=self.device, weights_only=True)
+                    self._posteriors[infos[i].key] = (m, s)
+                    todo.remove(i)
+                except Exception:
+                    pass
+        if todo:
+            x = (images[todo] * 2 - 1).to(self.device, self.dtype)
+            mean, std = self.sd.posterior(x)
+            for j, i in enumerate(todo):
+                self._posteriors[infos[i].key] = (mean[j], std[j])
+                if self._vae_dir is not None:
+                    with atomic_path(self._vae_dir / f"{infos[i].key[:32]}.pt", suffix=".pt") as tmp:
+                        torch.save((mean[j].cpu().clone(), std[j].cpu().clone()), tmp)
+        if len(self._posteriors) > 4 * self.memory_cache_size:
+            for k in list(self._posteriors)[: len(self._posteriors) - 2 * self.memory_cache_size]:
+                del self._posteriors[k]
+        mean = torch.stack([self._posteriors[i.key][0] for i in infos]).to(self.device, self.dtype)
+        std = torch.stack([self._posteriors[i.key][1] for i in infos]).to(self.device, self.dtype)
+        return mean, std
+
+    def sd_features(self, images: torch.Tensor, infos: list[ImageInfo], context: torch.Tensor, keys: list[str]) -> torch.Tensor:
+        cfg = self.config
+        mean, std = self.posterior(images, infos)
+        return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model_id": self.config.model_id}
+
+    def close(self) -> None:
+        if self._sd is not None:
+            self._sd.close()
+            self._sd = None

@@ -1,0 +1,100 @@
+"""Frozen DINOv2 patch tokens for the CPM, with a per-image cache.
+
+Preprocessing follows the default DINOv2 image processor: resize the short side to 256
+(bicubic), centre-crop 224, ImageNet mean/std. ViT-B/14 then gives 16 x 16 = 256 patch tokens of
+width 768 (the CLS token is dropped).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.matchers.base import MatcherError
+
+DINO_HUB_ID = "facebook/dinov2-base"
+DINO_ENV = "CORRBENCH_DINO_MODEL"
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def default_dino_id() -> str:
+    return os.environ.get(DINO_ENV) or DINO_HUB_ID
+
+
+@dataclass
+class DinoSpec:
+    resize: int = 256
+    crop: int = 224
+
+
+def tiny_dino(seed: int = 0):
+    """A seeded 2-layer DINOv2 (width 32, patch 14) for a 56 x 56 crop: 16 patch tokens."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed + 3)
+    model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                                     patch_size=14, mlp_ratio=2))
+    return model.eval().requires_grad_(False), DinoSpec(resize=64, crop=56)
+
+
+def load_dino(model_id: str, seed: int = 0):
+    """(model, preprocessing spec) from ``tiny``, a local folder or a hub id."""
+    if model_id == "tiny":
+        return tiny_dino(seed)
+    from transformers import Dinov2Model
+    from transformers.utils import logging as tlog
+
+    tlog.set_verbosity_error()
+    path = Path(model_id).expanduser()
+    if model_id.startswith((".", "/", "~")) and not path.is_dir():
+        raise MatcherError(f"{model_id}: no such DINOv2 model folder; pass --set dino_id=... or set {DINO_ENV}")
+    try:
+        try:
+            model = Dinov2Model.from_pretrained(model_id, local_files_only=True)
+        except Exception:
+            from .models import _probe_hub
+
+            if not path.is_dir():
+                _probe_hub(model_id)
+            model = Dinov2Model.from_pretrained(model_id)
+    except MatcherError as exc:
+        raise MatcherError(str(exc).split(";")[0] + f"; pass --set dino_id=PATH or set {DINO_ENV}") from None
+    except Exception as exc:
+        raise MatcherError(f"cannot load DINOv2 from {model_id!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    return model.eval().requires_grad_(False), DinoSpec()
+
+
+def preprocess(image, spec: DinoSpec) -> torch.Tensor:
+    """A PIL image -> ``(3, crop, crop)``: short side resized (bicubic), centre crop, normalised."""
+    import numpy as np
+    from PIL import Image
+
+    img = image.convert("RGB")
+    W, H = img.size
+    s = spec.resize / min(W, H)
+    w, h = max(spec.crop, round(W * s)), max(spec.crop, round(H * s))
+    img = img.resize((w, h), Image.BICUBIC)
+    left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
+    img = img.crop((left, top, left + spec.crop, top + spec.crop))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(MEAN).view(3, 1, 1)
+    std = torch.tensor(STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def patch_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, crop, crop)`` preprocessed pixels -> ``(B, P, Dd)`` patch tokens (no CLS)."""
+    p = next(model.parameters())
+    out = model(pixel_values=pixels.to(p.device, p.dtype)).last_hidden_state
+    return out[:, 1:].float()
+
+
+def dims(model, spec: DinoSpec) -> tuple[int, int]:
+    """(patch count, width) of ``model`` under ``spec``."""
+    patch = model.config.patch_size
+    return (spec.crop // patch) ** 2, int(model.config.hidden_size)

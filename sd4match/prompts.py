@@ -1,0 +1,145 @@
+"""SD4Match prompt modules: Single, Class and CPM (conditional prompting module).
+
+Each module produces the 75 learned token embeddings of a prompt; :class:`PromptEncoder` places
+them between the frozen BOS and EOS token embeddings (77 tokens, no padding) and runs the frozen
+CLIP text transformer (causal mask, final layer norm) to give the UNet's cross-attention context.
+The text encoder runs unchanged: a forward hook replaces its token-embedding lookup with the
+learned embeddings, so positions, mask and layers are transformers' own.
+
+Sizes with the real models (text width 1024, DINOv2-base 256 patches x 768):
+Single 75 x 1024 = 76,800 parameters; Class 76,800 per category; CPM 1,767,680.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+N_TOKENS = 75
+VARIANTS = ("single", "class", "cpm")
+
+
+class PromptEncoder(nn.Module):
+    """Frozen CLIP text encoder run on token embeddings: ``(B, 75, D)`` -> ``(B, 77, D)`` context."""
+
+    def __init__(self, text_encoder, tokenizer):
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.bos_id = int(tokenizer.bos_token_id)
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.width = int(text_encoder.config.hidden_size)
+        self.max_len = int(text_encoder.config.max_position_embeddings)
+        if self.max_len != N_TOKENS + 2:
+            raise ValueError(f"text encoder has {self.max_len} positions, SD4Match prompts need {N_TOKENS + 2}")
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        B, n, D = tokens.shape
+        if n != N_TOKENS or D != self.width:
+            raise ValueError(f"prompt tokens must be (B, {N_TOKENS}, {self.width}), got {tuple(tokens.shape)}")
+        table = self.text_encoder.get_input_embeddings()
+        ids = torch.full((B, n + 2), self.eos_id, dtype=torch.long, device=tokens.device)
+        ids[:, 0] = self.bos_id
+        bos = table.weight[self.bos_id].to(tokens.dtype).expand(B, 1, D)
+        eos = table.weight[self.eos_id].to(tokens.dtype).expand(B, 1, D)
+        embeds = torch.cat([bos, tokens, eos], dim=1)
+
+        def replace(module, inputs, output):
+            return embeds.to(output.dtype)
+
+        handle = table.register_forward_hook(replace)
+        try:
+            return self.text_encoder(input_ids=ids)[0]
+        finally:
+            handle.remove()
+
+
+class SinglePrompt(nn.Module):
+    """One 75 x D prompt for the whole dataset."""
+
+    variant = "single"
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.tokens = nn.Parameter(torch.empty(N_TOKENS, width).uniform_(0, 1))
+
+    def forward(self, categories: Sequence[str], **_) -> torch.Tensor:
+        return self.tokens.expand(len(categories), -1, -1)
+
+
+class ClassPrompt(nn.Module):
+    """One 75 x D prompt per category."""
+
+    variant = "class"
+
+    def __init__(self, width: int, categories: Sequence[str]):
+        super().__init__()
+        if not categories:
+            raise ValueError("class prompts need at least one category")
+        self.categories = list(categories)
+        self.index = {c: i for i, c in enumerate(self.categories)}
+        self.tokens = nn.Parameter(torch.empty(len(self.categories), N_TOKENS, width).uniform_(0, 1))
+
+    def forward(self, categories: Sequence[str], **_) -> torch.Tensor:
+        missing = [c for c in categories if c not in self.index]
+        if missing:
+            raise KeyError(f"no class prompt for category {missing[0]!r}; prompts exist for: {', '.join(self.categories)}")
+        idx = torch.tensor([self.index[c] for c in categories], device=self.tokens.device)
+        return self.tokens[idx]
+
+
+class CPM(nn.Module):
+    """Conditional prompting module.
+
+    DINOv2 patch tokens of source and target ``(B, P, Dd)`` each -> concatenated per patch
+    ``(B, P, 2 Dd)`` -> Linear(2 Dd -> D) on channels -> Linear(P -> P) across patches ->
+    adaptive max-pool over patches to 50 -> + position embedding (50 x D) -> x tanh(alpha)
+    (50 x D) = 50 conditional tokens; prompt = [25 learned global tokens, 50 conditional tokens].
+    """
+
+    variant = "cpm"
+    n_global = 25
+    n_cond = 50
+
+    def __init__(self, width: int, dino_dim: int, n_patches: int):
+        super().__init__()
+        self.dino_dim, self.n_patches = dino_dim, n_patches
+        self.global_tokens = nn.Parameter(torch.empty(self.n_global, width).uniform_(0, 1))
+        self.channel = nn.Linear(2 * dino_dim, width)
+        self.patch = nn.Linear(n_patches, n_patches)
+        self.pool = nn.AdaptiveMaxPool1d(self.n_cond)
+        self.pos = nn.Parameter(torch.empty(self.n_cond, width).uniform_(0, 1))
+        self.alpha = nn.Parameter(torch.empty(self.n_cond, width).uniform_(0, 1))
+
+    def linear_parameters(self) -> list[nn.Parameter]:
+        return [*self.channel.parameters(), *self.patch.parameters()]
+
+    def forward(self, categories: Sequence[str], src_dino: torch.Tensor | None = None,
+                trg_dino: torch.Tensor | None = None, **_) -> torch.Tensor:
+        if src_dino is None or trg_dino is None:
+            raise ValueError("CPM needs the DINOv2 patch tokens of both images")
+        if src_dino.shape[1:] != (self.n_patches, self.dino_dim):
+            raise ValueError(f"CPM expects DINOv2 tokens ({self.n_patches}, {self.dino_dim}), got {tuple(src_dino.shape[1:])}")
+        x = torch.cat([src_dino, trg_dino], dim=-1).to(self.channel.weight.dtype)  # (B, P, 2 Dd)
+        x = self.channel(x)  # (B, P, D)
+        x = self.patch(x.transpose(1, 2))  # (B, D, P)
+        x = self.pool(x).transpose(1, 2)  # (B, 50, D)
+        cond = (x + self.pos) * torch.tanh(self.alpha)
+        glob = self.global_tokens.expand(x.shape[0], -1, -1)
+        return torch.cat([glob, cond], dim=1)
+
+
+def build_prompt(variant: str, width: int, categories: Sequence[str] = (), dino_dim: int = 768,
+                 n_patches: int = 256) -> nn.Module:
+    if variant == "single":
+        return SinglePrompt(width)
+    if variant == "class":
+        return ClassPrompt(width, categories)
+    if variant == "cpm":
+        return CPM(width, dino_dim, n_patches)
+    raise ValueError(f"unknown SD4Match variant {variant!r}; valid: {', '.join(VARIANTS)}")
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -173,7 +173,6 @@ class DenseMatcher(Matcher):
         self.feature_hash = _hash(self.name, settings)
         self._cache_dir = Path(cfg.cache_dir) / self.name / self.feature_hash if cfg.cache_dir else None
         self.stats = {"extracted": 0, "cache_hits": 0}
-        self._images: dict[Path, tuple[torch.Tensor, str, tuple[int, int]]] = {}
         self._recent: dict[tuple[str, str], torch.Tensor] = {}  # small in-memory cache across batches
         self.memory_cache_size = 64
 
@@ -208,15 +207,14 @@ class DenseMatcher(Matcher):
         arr = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
         return arr, hashlib.sha256(data).hexdigest(), size
 
-    def _cache_path(self, info: ImageInfo) -> Path | None:
+    def _cache_path(self, info: ImageInfo, tag: str) -> Path | None:
         if self._cache_dir is None:
             return None
-        tag = self.cache_tag(info)
         suffix = "-" + hashlib.sha256(tag.encode()).hexdigest()[:12] if tag else ""
         return self._cache_dir / f"{info.key[:32]}{suffix}.pt"
 
-    def _cache_get(self, info: ImageInfo) -> torch.Tensor | None:
-        path = self._cache_path(info)
+    def _cache_get(self, info: ImageInfo, tag: str) -> torch.Tensor | None:
+        path = self._cache_path(info, tag)
         if path is None or not path.is_file():
             return None
         try:
@@ -224,8 +222,8 @@ class DenseMatcher(Matcher):
         except Exception:
             return None  # a damaged cache file is recomputed
 
-    def _cache_put(self, info: ImageInfo, feat: torch.Tensor) -> None:
-        path = self._cache_path(info)
+    def _cache_put(self, info: ImageInfo, feat: torch.Tensor, tag: str) -> None:
+        path = self._cache_path(info, tag)
         if path is None:
             return
         from loaders.atomic import atomic_path
@@ -233,47 +231,62 @@ class DenseMatcher(Matcher):
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(feat.detach().to("cpu").clone(), tmp)
 
-    def image_features(self, pairs: list[Pair]) -> tuple[dict[str, torch.Tensor], dict[str, ImageInfo]]:
-        """Features of every distinct image of ``pairs`` (cached ones loaded, others extracted in batches)."""
-        wanted: dict[str, tuple[Path, str]] = {}
+    def load_images(self, pairs: list[Pair]) -> dict[str, tuple[torch.Tensor, ImageInfo]]:
+        """Every distinct image of ``pairs``: relative path -> ((3, S, S) in [0, 1], info)."""
+        out = {}
         for p in pairs:
             for side in ("src", "trg"):
-                wanted.setdefault(p.row[f"{side}_image"], (p.image_path(side), p.row["category"]))
-        feats, infos, todo = {}, {}, []
-        for rel, (path, cat) in wanted.items():
-            img, key, (w, h) = self.load_image(path)
-            info = ImageInfo(path, key, cat, w, h)
-            infos[rel] = info
-            mem_key = (key, self.cache_tag(info))
+                rel = p.row[f"{side}_image"]
+                if rel not in out:
+                    path = p.image_path(side)
+                    img, key, (w, h) = self.load_image(path)
+                    out[rel] = (img, ImageInfo(path, key, p.row["category"], w, h))
+        return out
+
+    def cached_features(self, items: list[tuple[torch.Tensor, ImageInfo, str]], compute) -> list[torch.Tensor]:
+        """Features of ``(image, info, tag)`` items: memory cache, then disk cache, then
+        ``compute(images, infos, positions)`` in batches of ``batch_size`` for the rest."""
+        result: list[torch.Tensor | None] = [None] * len(items)
+        todo = []
+        for i, (img, info, tag) in enumerate(items):
+            mem_key = (info.key, tag)
             if mem_key in self._recent:
-                feats[rel] = self._recent[mem_key]
+                result[i] = self._recent[mem_key]
                 continue
-            cached = self._cache_get(info)
+            cached = self._cache_get(info, tag)
             if cached is not None:
-                feats[rel] = cached
+                result[i] = cached
                 self.stats["cache_hits"] += 1
             else:
-                todo.append((rel, img, info))
+                todo.append(i)
         bs = int(self.config.batch_size)
         for b in range(0, len(todo), bs):
             chunk = todo[b:b + bs]
-            batch = torch.stack([img for _, img, _ in chunk]).to(self.device)
+            batch = torch.stack([items[i][0] for i in chunk]).to(self.device)
             try:
-                out = self.extract(batch, [info for _, _, info in chunk])
+                out = compute(batch, [items[i][1] for i in chunk], chunk)
             except torch.cuda.OutOfMemoryError:
                 raise MatcherError(
                     f"batch size {bs} does not fit on {self.device}; rerun with a smaller --batch-size "
                     "(features computed so far are kept in the cache)"
                 ) from None
-            for (rel, _, info), f in zip(chunk, out):
-                feats[rel] = f
-                self._cache_put(info, f)
+            for i, f in zip(chunk, out):
+                result[i] = f
+                self._cache_put(items[i][1], f, items[i][2])
                 self.stats["extracted"] += 1
-        for rel, info in infos.items():
-            self._recent[(info.key, self.cache_tag(info))] = feats[rel]
+        for (_, info, tag), f in zip(items, result):
+            self._recent[(info.key, tag)] = f
         while len(self._recent) > self.memory_cache_size:
             self._recent.pop(next(iter(self._recent)))
-        return feats, infos
+        return result
+
+    def image_features(self, pairs: list[Pair]) -> tuple[dict[str, torch.Tensor], dict[str, ImageInfo]]:
+        """Features of every distinct image of ``pairs`` (cached ones loaded, others extracted in batches)."""
+        images = self.load_images(pairs)
+        rels = list(images)
+        items = [(images[r][0], images[r][1], self.cache_tag(images[r][1])) for r in rels]
+        feats = self.cached_features(items, lambda batch, infos, _: self.extract(batch, infos))
+        return dict(zip(rels, feats)), {r: images[r][1] for r in rels}
 
     def pair_features(self, pairs: list[Pair]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(source, target) feature maps per pair. Per-image by default; CPM-like matchers override."""

@@ -30,6 +30,12 @@ BUILTIN: dict[str, Entry] = {
               "source keypoint rescaled to the target image size (no model, no pixels)"),
         Entry("dift", "sd4match.dift:DiftMatcher",
               "DIFT: Stable Diffusion 2.1 up-block-1 features, t=261, ensemble 8, prompt 'a photo of a {category}'"),
+        Entry("single", "sd4match.matcher:SingleMatcher",
+              "SD4Match-Single: one learned 75-token prompt; SD-2.1 t=50, ensemble 8, kernel soft-argmax"),
+        Entry("class", "sd4match.matcher:ClassMatcher",
+              "SD4Match-Class: one learned prompt per category; SD-2.1 t=50, ensemble 8, kernel soft-argmax"),
+        Entry("cpm", "sd4match.matcher:CPMMatcher",
+              "SD4Match-CPM: prompts conditioned on DINOv2 features of both images (per pair); t=50, ensemble 8"),
         Entry("patch", "benchmarks.matchers.patch:PatchMatcher",
               "normalised raw-pixel patches on the dense grid (no weights; a sanity baseline)"),
     ]

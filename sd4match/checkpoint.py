@@ -1,0 +1,92 @@
+"""Prompt checkpoints: safetensors files holding a prompt module's parameters plus metadata.
+
+Metadata (all strings): ``format`` = ``corrbench-sd4match``, ``variant``, ``text_width``,
+``categories`` (JSON list, class prompts), ``dino_dim`` and ``n_patches`` (CPM), ``step``, and the
+resolved training ``config`` (JSON). Loading checks the variant and the sizes against what the
+caller expects and names the file in every error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from benchmarks.matchers.base import MatcherError
+
+from .prompts import build_prompt
+
+FORMAT = "corrbench-sd4match"
+BEST, LAST = "best.safetensors", "last.safetensors"
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or a training folder (its ``best.safetensors``, else ``last.safetensors``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in (BEST, LAST):
+            if (path / name).is_file():
+                return path / name
+        raise MatcherError(f"{path}: no {BEST} or {LAST} in this folder (is it a training --out folder?)")
+    if not path.is_file():
+        raise MatcherError(f"{path}: checkpoint not found")
+    return path
+
+
+def save(module: torch.nn.Module, path: str | Path, *, variant: str, text_width: int, categories=(),
+         dino_dim: int = 0, n_patches: int = 0, step: int = 0, config: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    from loaders.atomic import atomic_path
+
+    meta = {
+        "format": FORMAT, "variant": variant, "text_width": str(text_width),
+        "categories": json.dumps(list(categories)), "dino_dim": str(dino_dim), "n_patches": str(n_patches),
+        "step": str(step), "config": json.dumps(config or {}, sort_keys=True, default=str),
+    }
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def read(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    path = resolve(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise MatcherError(f"{path}: not a readable safetensors checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if meta.get("format") != FORMAT:
+        raise MatcherError(f"{path}: not an SD4Match prompt checkpoint (metadata format {meta.get('format')!r}, expected {FORMAT!r}); "
+                           "released reference prompts must be converted first: python -m sd4match.convert")
+    return tensors, meta
+
+
+def load(path: str | Path, *, variant: str, text_width: int, dino_dim: int | None = None,
+         n_patches: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the prompt module of ``path``, checking it is a ``variant`` prompt for this SD size."""
+    file = resolve(path)
+    tensors, meta = read(file)
+    got = meta.get("variant")
+    if got != variant:
+        raise MatcherError(f"{file}: holds {got!r} prompts, but the matcher is {variant!r}; use --matcher {got}")
+    width = int(meta.get("text_width", 0))
+    if width != text_width:
+        raise MatcherError(f"{file}: prompts have width {width}, this Stable Diffusion's text encoder has {text_width} "
+                           "(trained for another model size)")
+    categories = json.loads(meta.get("categories", "[]"))
+    dd, npch = int(meta.get("dino_dim", 0)), int(meta.get("n_patches", 0))
+    if variant == "cpm" and ((dino_dim is not None and dd != dino_dim) or (n_patches is not None and npch != n_patches)):
+        raise MatcherError(f"{file}: CPM was trained on DINOv2 tokens {npch} x {dd}, this DINOv2 gives {n_patches} x {dino_dim}")
+    module = build_prompt(variant, width, categories, dino_dim=dd or 768, n_patches=npch or 256)
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise MatcherError(f"{file}: tensors do not fit a {variant!r} prompt ({str(exc).splitlines()[0][:160]})") from None
+    meta = {**meta, "file": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()[:16]}
+    return module, meta

@@ -1,0 +1,219 @@
+"""SD4Match matchers (``single``, ``class``, ``cpm``) with the reference test settings.
+
+Defaults: SD-2.1, t = 50, ensemble 8, 768 x 768, up_blocks[1], kernel soft-argmax (sigma 7
+cells, temperature 0.04) on the 48 x 48 grid. ``--checkpoint`` is a training output folder or a
+prompt ``.safetensors`` file (released reference prompts: convert them with
+``python -m sd4match.convert``). CPM features depend on both images, so they are computed per
+pair; Single/Class features are per image and cached like DIFT's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmarks.matchers.base import ConfigError, MatcherError
+
+from . import checkpoint as ckpt
+from .base import SDConfig, SDMatcherBase
+from .dino import default_dino_id, dims, load_dino, patch_tokens, preprocess
+from .prompts import PromptEncoder, build_prompt
+
+#: categories a class prompt may be asked for when no checkpoint fixes them (untrained runs)
+KNOWN_CATEGORIES = sorted({
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor", "duck", "winebottle",
+})
+UNTRAINED_OK = ("tiny", "random-sd21")
+
+
+@dataclass(frozen=True)
+class SD4MatchConfig(SDConfig):
+    """checkpoint: prompts to evaluate; dino_id: DINOv2 for the CPM; category_map: how dataset
+    categories map to class-prompt names (PF-Willow evaluated with PF-Pascal prompts)."""
+
+    t: int = 50
+    ensemble: int = 8
+    checkpoint: str = ""
+    dino_id: str = field(default_factory=default_dino_id)
+    category_map: str = "winebottle=bottle,duck=bird"
+    readout: str = "kernel-soft-argmax,nn,soft-argmax,window-soft-argmax"
+
+
+TINY = {"model_id": "tiny", "dino_id": "tiny", "image_size": 64, "ensemble": 2, "kernel_sigma": 3.0}
+
+
+class SD4MatchMatcher(SDMatcherBase):
+    variant = ""
+    Config = SD4MatchConfig
+    presets = {"tiny": TINY, "fast": {"ensemble": 1}}
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        cfg = self.config
+        try:
+            pairs = [kv.split("=", 1) for kv in cfg.category_map.split(",") if kv.strip()]
+            self.category_map = {k.strip(): v.strip() for k, v in pairs}
+        except ValueError:
+            raise ConfigError(f"category_map must look like 'duck=bird,winebottle=bottle', got {cfg.category_map!r}") from None
+        if not cfg.checkpoint and cfg.model_id not in UNTRAINED_OK:
+            raise ConfigError(f"matcher {self.name!r} needs --checkpoint (a training folder or prompt file); "
+                              f"untrained prompts are allowed only with the {' / '.join(UNTRAINED_OK)} models")
+        self._prompt = None
+        self._encoder = None
+        self._ckpt_meta: dict = {}
+        self._contexts: dict[str, torch.Tensor] = {}
+        self._dino = None
+
+    # ------------------------------------------------------------------ prompts
+    def _setup_prompt(self):
+        if self._prompt is not None:
+            return
+        sd = self.sd
+        width = int(sd.c.text_encoder.config.hidden_size)
+        n_patches = dino_dim = None
+        if self.variant == "cpm":
+            model, spec = self.dino
+            n_patches, dino_dim = dims(model, spec)
+        if self.config.checkpoint:
+            module, meta = ckpt.load(self.config.checkpoint, variant=self.variant, text_width=width,
+                                     dino_dim=dino_dim, n_patches=n_patches)
+            self._ckpt_meta = meta
+        else:
+            torch.manual_seed(self.config.seed)
+            module = build_prompt(self.variant, width, KNOWN_CATEGORIES, dino_dim=dino_dim or 768,
+                                  n_patches=n_patches or 256)
+            self._ckpt_meta = {"sha256": "untrained-seed-%d" % self.config.seed}
+        self._prompt = module.to(self.device).eval().requires_grad_(False)
+        self._encoder = PromptEncoder(sd.c.text_encoder, sd.c.tokenizer)
+
+    @property
+    def dino(self):
+        if self._dino is None:
+            model, spec = load_dino(self.config.dino_id, self.config.seed)
+            self._dino = (model.to(self.device), spec)
+        return self._dino
+
+    def prompt_category(self, category: str) -> str:
+        if self.variant == "class" and self._prompt is not None and category not in self._prompt.index:
+            mapped = self.category_map.get(category)
+            if mapped is None or mapped not in self._prompt.index:
+                raise MatcherError(
+                    f"{self._ckpt_meta.get('file', 'class prompts')}: no class prompt for category {category!r} "
+                    f"(prompts: {', '.join(self._prompt.categories)}); map it with --set category_map={category}=CLASS"
+                )
+            return mapped
+        return category
+
+    def cache_tag(self, info) -> str:
+        self._setup_prompt()
+        cat = self.prompt_category(info.category) if self.variant == "class" else ""
+        return f"{self.variant}|{self._ckpt_meta.get('sha256')}|{cat}"
+
+    @torch.no_grad()
+    def _context(self, categories: list[str]) -> torch.Tensor:
+        self._setup_prompt()
+        for c in set(categories):
+            if c not in self._contexts:
+                tokens = self._prompt([self.prompt_category(c)]).to(self.dtype)
+                self._contexts[c] = self._encoder(tokens)[0]
+        return torch.stack([self._contexts[c] for c in categories])
+
+    # ------------------------------------------------------------------ features
+    def extract(self, images, infos):
+        ctx = self._context([i.category for i in infos])
+        keys = [hashlib.sha256(f"{i.key}|{self.cache_tag(i)}".encode()).hexdigest() for i in infos]
+        return self.sd_features(images, infos, ctx, keys)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "variant": self.variant, "checkpoint": self.config.checkpoint,
+                "checkpoint_sha256": self._ckpt_meta.get("sha256")}
+
+
+class SingleMatcher(SD4MatchMatcher):
+    name = "single"
+    description = "SD4Match-Single: one learned 75-token prompt; SD-2.1 t=50, ensemble 8, kernel soft-argmax"
+    variant = "single"
+
+
+class ClassMatcher(SD4MatchMatcher):
+    name = "class"
+    description = "SD4Match-Class: one learned prompt per category; SD-2.1 t=50, ensemble 8, kernel soft-argmax"
+    variant = "class"
+
+
+class CPMMatcher(SD4MatchMatcher):
+    name = "cpm"
+    description = "SD4Match-CPM: prompts conditioned on DINOv2 features of both images (per pair); t=50, ensemble 8"
+    variant = "cpm"
+
+    def __init__(self, config=None):
+        super().__init__(config)
+        self._tokens: dict[str, torch.Tensor] = {}
+        cfg = self.config
+        import json
+
+        blob = json.dumps([cfg.dino_id, cfg.device.split(":")[0]])
+        from pathlib import Path
+
+        self._dino_dir = Path(cfg.cache_dir) / "dino" / hashlib.sha256(blob.encode()).hexdigest()[:12] if cfg.cache_dir else None
+
+    def dino_tokens(self, infos) -> torch.Tensor:
+        """DINOv2 patch tokens per image, computed once and cached (memory and disk)."""
+        from PIL import Image
+
+        from loaders.atomic import atomic_path
+
+        model, spec = self.dino
+        missing = []
+        for info in infos:
+            if info.key in self._tokens:
+                continue
+            path = self._dino_dir / f"{info.key[:32]}.pt" if self._dino_dir else None
+            if path is not None and path.is_file():
+                try:
+                    self._tokens[info.key] = torch.load(path, map_location=self.device, weights_only=True)
+                    continue
+                except Exception:
+                    pass
+            missing.append(info)
+        if missing:
+            pix = []
+            for info in missing:
+                with Image.open(info.path) as im:
+                    pix.append(preprocess(im, spec))
+            toks = patch_tokens(model, torch.stack(pix))
+            for info, t in zip(missing, toks):
+                self._tokens[info.key] = t
+                if self._dino_dir is not None:
+                    with atomic_path(self._dino_dir / f"{info.key[:32]}.pt", suffix=".pt") as tmp:
+                        torch.save(t.cpu().clone(), tmp)
+        return torch.stack([self._tokens[i.key] for i in infos])
+
+    @torch.no_grad()
+    def pair_context(self, src_infos, trg_infos) -> torch.Tensor:
+        self._setup_prompt()
+        tokens = self._prompt([i.category for i in src_infos], src_dino=self.dino_tokens(src_infos),
+                              trg_dino=self.dino_tokens(trg_infos))
+        return self._encoder(tokens.to(self.dtype))
+
+    def pair_features(self, pairs):
+        """Features per pair: the same CPM prompt conditions both images of a pair."""
+        self._setup_prompt()
+        images = self.load_images(pairs)
+        items, owners = [], []
+        for p in pairs:
+            (si, s_info), (ti, t_info) = images[p.row["src_image"]], images[p.row["trg_image"]]
+            tag = f"cpm|{self._ckpt_meta.get('sha256')}|{s_info.key[:16]}-{t_info.key[:16]}"
+            items += [(si, s_info, tag + "|src"), (ti, t_info, tag + "|trg")]
+            owners += [(s_info, t_info), (s_info, t_info)]
+
+        def compute(batch, infos, positions):
+            ctx = self.pair_context([owners[i][0] for i in positions], [owners[i][1] for i in positions])
+            keys = [hashlib.sha256(f"{infos[j].key}|{items[i][2]}".encode()).hexdigest() for j, i in enumerate(positions)]
+            return self.sd_features(batch, infos, ctx, keys)
+
+        feats = self.cached_features(items, compute)
+        return [(feats[2 * k], feats[2 * k + 1]) for k in range(len(pairs))]

@@ -84,7 +84,6 @@ class SDFeaturizer:
             noise.append(torch.randn((ensemble, *shape), generator=g))
         return torch.stack(eps), torch.stack(noise)
 
-    @torch.no_grad()
     def features(self, mean: torch.Tensor, std: torch.Tensor, context: torch.Tensor, *, keys: list[str], t: int,
                  ensemble: int, seed: int) -> torch.Tensor:
         """Ensemble-averaged UNet features.
@@ -93,7 +92,8 @@ class SDFeaturizer:
             mean, std: VAE posterior ``(B, 4, h, w)``.
             context: ``(B, 77, D)`` prompt embeddings (text or learned prompts).
             keys: one stable key per image (content hash) for the per-image seeded noise.
-        Shape: -> ``(B, C, h', w')`` float32.
+        Shape: -> ``(B, C, h', w')`` float32. Differentiable with respect to ``context`` (training);
+        callers that only evaluate wrap it in ``torch.no_grad()``.
         """
         B = mean.shape[0]
         eps, noise = self._noise(keys, seed, tuple(mean.shape[1:]), ensemble)

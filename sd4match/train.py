@@ -1,0 +1,521 @@
+"""Prompt training for SD4Match (Single, Class, CPM).
+
+    python -m sd4match.train --variant {single,class,cpm} --dataset D --data-root DIR --out DIR
+        [--preset tiny] [--max-steps N] [--epochs E] [--batch-size B] [--resume] [--dry-run]
+
+Reference recipe as defaults: Gaussian-smoothed cross-entropy (temperature 0.04, 7 x 7 window,
+sigma 1.5 cells, at most 20 keypoints per pair); Adam, lr 0.01 (CPM linear layers 0.001), no
+weight decay; t = 261, ensemble 1; batch 3 per process; 5 epochs on SPair-71k, 90 on PF-Pascal
+(with the list's horizontal flips); validation PCK@0.1 (per image, SD4Match frame) at t = 261,
+ensemble 1 after every epoch selects ``best.safetensors``.
+
+Everything random is a function of (seed, step, image): the pair order of epoch e is a seeded
+permutation, the latent sample and noise of an image at step s are seeded by (seed, s, image).
+A run resumed with ``--resume`` from its last saved step therefore ends with the same parameters
+as an uninterrupted run. Multi-GPU: ``torchrun --nproc_per_node N -m sd4match.train ...`` splits
+each global batch across ranks and averages gradients (NCCL on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .dino import default_dino_id
+from .models import default_model_id
+from .prompts import VARIANTS
+
+DEFAULT_EPOCHS = {"spair-71k": 5, "pf-pascal": 90, "pf-willow": 1}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    variant: str
+    dataset: str
+    data_root: str
+    split: str = "trn"
+    val_split: str = "val"
+    model_id: str = field(default_factory=default_model_id)
+    dino_id: str = field(default_factory=default_dino_id)
+    image_size: int = 768
+    t: int = 261
+    ensemble: int = 1
+    up_block: int = 1
+    temperature: float = 0.04
+    window: int = 7
+    sigma: float = 1.5
+    max_kps: int = 20
+    lr: float = 0.01
+    lr_linear: float = 0.001
+    batch_size: int = 3
+    epochs: int = 0  # 0: the dataset's reference number
+    max_steps: int = 0  # 0: no limit
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    flip: bool = True
+    val_limit: int = 0  # 0: the whole validation split
+    val_every: int = 0  # steps; 0: after every epoch
+    save_every: int = 50
+
+    def resolved_epochs(self) -> int:
+        return self.epochs or DEFAULT_EPOCHS.get(self.dataset, 1)
+
+
+PRESETS = {
+    "tiny": {"model_id": "tiny", "dino_id": "tiny", "image_size": 64, "batch_size": 2, "val_limit": 6,
+             "save_every": 5},
+}
+
+
+class TrainError(Exception):
+    """Training cannot proceed; printed as one line."""
+
+
+# ---------------------------------------------------------------------------------------- data
+def load_pair_images(row: dict, root: Path, flip: bool, size: int):
+    """(src, trg) as ((3, S, S) tensors in [0, 1], PIL images, keys) and flipped keypoints."""
+    import torch
+    from PIL import Image, ImageOps
+
+    out = []
+    for side in ("src", "trg"):
+        path = root / row[f"{side}_image"]
+        try:
+            data = path.read_bytes()
+            img = Image.open(io.BytesIO(data)).convert("RGB")
+        except (OSError, FileNotFoundError) as exc:
+            raise TrainError(f"{path}: cannot read image ({exc})") from None
+        key = hashlib.sha256(data).hexdigest()
+        kps = np.asarray(row[f"{side}_kps"], dtype=np.float64).reshape(-1, 2)
+        if flip:
+            img = ImageOps.mirror(img)
+            kps = kps.copy()
+            kps[:, 0] = img.width - 1 - kps[:, 0]
+            key += "|flip"
+        arr = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+        out.append((torch.from_numpy(arr).permute(2, 0, 1), img, key, kps))
+    return out
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+# ---------------------------------------------------------------------------------------- trainer
+class Trainer:
+    def __init__(self, cfg: TrainConfig, out: Path, rank: int = 0, world: int = 1):
+        import torch
+
+        import loaders
+        from benchmarks.dense import resolve_device, resolve_dtype
+
+        from .models import load_components
+        from .prompts import PromptEncoder, build_prompt
+
+        self.cfg, self.out, self.rank, self.world = cfg, out, rank, world
+        self.torch = torch
+        dev = cfg.device
+        if dev.startswith("cuda") and world > 1 and ":" not in dev:
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        self.device = resolve_device(dev)
+        self.dtype = resolve_dtype(cfg.dtype)
+        self.root = Path(cfg.data_root)
+        self.rows = loaders.load(cfg.dataset, self.root, cfg.split).to_pylist()
+        self.rows = [r for r in self.rows if len(r["src_kps"]) > 0]
+        if not self.rows:
+            raise TrainError(f"{cfg.dataset} {cfg.split}: no pairs with keypoints to train on")
+        self.val_rows = None
+        if cfg.val_split and cfg.val_split in loaders.api.SPLITS_OF[cfg.dataset] and cfg.val_split != cfg.split:
+            self.val_rows = loaders.load(cfg.dataset, self.root, cfg.val_split)
+            if cfg.val_limit:
+                self.val_rows = self.val_rows.slice(0, cfg.val_limit)
+        self.categories = sorted({r["category"] for r in self.rows})
+        from .features import SDFeaturizer
+
+        comps = load_components(cfg.model_id, seed=cfg.seed)
+        self.sd = SDFeaturizer(comps, cfg.up_block, self.device, self.dtype)
+        self.width = int(comps.text_encoder.config.hidden_size)
+        self.encoder = PromptEncoder(comps.text_encoder, comps.tokenizer)
+        self.dino = None
+        dino_dim, n_patches = 768, 256
+        if cfg.variant == "cpm":
+            from .dino import dims, load_dino
+
+            model, spec = load_dino(cfg.dino_id, cfg.seed)
+            self.dino = (model.to(self.device), spec)
+            n_patches, dino_dim = dims(model, spec)
+        self.dino_dim, self.n_patches = dino_dim, n_patches
+        torch.manual_seed(cfg.seed)
+        self.prompt = build_prompt(cfg.variant, self.width, self.categories, dino_dim=dino_dim,
+                                   n_patches=n_patches).to(self.device)
+        linear = {id(p) for p in (self.prompt.linear_parameters() if cfg.variant == "cpm" else [])}
+        groups = [{"params": [p for p in self.prompt.parameters() if id(p) not in linear], "lr": cfg.lr}]
+        if linear:
+            groups.append({"params": [p for p in self.prompt.parameters() if id(p) in linear], "lr": cfg.lr_linear})
+        self.opt = torch.optim.Adam(groups, weight_decay=0.0)
+        self.posteriors: dict[str, tuple] = {}
+        self.tokens: dict[str, object] = {}
+        self.step = 0
+        self.log: list[dict] = []
+        self.best = -1.0
+        self.steps_per_epoch = math.ceil(len(self.rows) / cfg.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.resolved_epochs()
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+    # ------------------------------------------------------------------ pieces
+    def _posterior(self, imgs, keys):
+        torch = self.torch
+        todo = [i for i, k in enumerate(keys) if k not in self.posteriors]
+        if todo:
+            x = (torch.stack([imgs[i] for i in todo]) * 2 - 1).to(self.device, self.dtype)
+            mean, std = self.sd.posterior(x)
+            for j, i in enumerate(todo):
+                self.posteriors[keys[i]] = (mean[j], std[j])
+        return (torch.stack([self.posteriors[k][0] for k in keys]), torch.stack([self.posteriors[k][1] for k in keys]))
+
+    def _dino_tokens(self, pils, keys):
+        from .dino import patch_tokens, preprocess
+
+        torch = self.torch
+        model, spec = self.dino
+        todo = [i for i, k in enumerate(keys) if k not in self.tokens]
+        if todo:
+            toks = patch_tokens(model, torch.stack([preprocess(pils[i], spec) for i in todo]))
+            for j, i in enumerate(todo):
+                self.tokens[keys[i]] = toks[j]
+        return torch.stack([self.tokens[k] for k in keys])
+
+    def batch_rows(self, step: int) -> list[dict]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        order = epoch_order(len(self.rows), self.cfg.seed, epoch)
+        idx = order[k * self.cfg.batch_size:(k + 1) * self.cfg.batch_size]
+        rows = [self.rows[i] for i in idx]
+        return rows[self.rank::self.world]
+
+    def loss_for(self, rows: list[dict], step: int):
+        """The training loss of ``rows`` at ``step`` (differentiable w.r.t. the prompt)."""
+        from benchmarks.dense import to_grid
+
+        from .loss import gaussian_ce_loss
+
+        torch, cfg = self.torch, self.cfg
+        S = cfg.image_size
+        src_i, trg_i, src_k, trg_k, src_p, trg_p, kp_s, kp_t, cats, sizes = [], [], [], [], [], [], [], [], [], []
+        for r in rows:
+            flip = bool(cfg.flip and r.get("flip"))
+            (si, sp, sk, skps), (ti, tp, tk, tkps) = load_pair_images(r, self.root, flip, S)
+            src_i.append(si)
+            trg_i.append(ti)
+            src_k.append(sk)
+            trg_k.append(tk)
+            src_p.append(sp)
+            trg_p.append(tp)
+            kp_s.append(skps[: cfg.max_kps])
+            kp_t.append(tkps[: cfg.max_kps])
+            cats.append(r["category"])
+            sizes.append(((sp.width, sp.height), (tp.width, tp.height)))
+        B = len(rows)
+        if cfg.variant == "cpm":
+            tokens = self.prompt(cats, src_dino=self._dino_tokens(src_p, src_k), trg_dino=self._dino_tokens(trg_p, trg_k))
+        else:
+            tokens = self.prompt(cats)
+        ctx = self.encoder(tokens.to(self.dtype))
+        imgs, keys = src_i + trg_i, src_k + trg_k
+        mean, std = self._posterior(imgs, keys)
+        feats = self.sd.features(mean, std, torch.cat([ctx, ctx]), keys=[f"{k}|step{step}" for k in keys], t=cfg.t,
+                                 ensemble=cfg.ensemble, seed=cfg.seed)
+        fs, ft = feats[:B], feats[B:]
+        hw = tuple(ft.shape[2:])
+        K = max(len(k) for k in kp_s)
+        sx = torch.zeros(B, K, 2)
+        tx = torch.zeros(B, K, 2)
+        valid = torch.zeros(B, K, dtype=torch.bool)
+        for b in range(B):
+            n = len(kp_s[b])
+            sx[b, :n] = to_grid(torch.as_tensor(kp_s[b], dtype=torch.float32), sizes[b][0], S, hw)
+            tx[b, :n] = to_grid(torch.as_tensor(kp_t[b], dtype=torch.float32), sizes[b][1], S, hw)
+            valid[b, :n] = True
+        dev = fs.device
+        return gaussian_ce_loss(fs, ft, sx.to(dev), tx.to(dev), valid.to(dev), cfg.temperature, cfg.window, cfg.sigma)
+
+    def train_step(self) -> float:
+        torch = self.torch
+        self.opt.zero_grad(set_to_none=True)
+        rows = self.batch_rows(self.step)
+        loss = self.loss_for(rows, self.step) if rows else None
+        if loss is not None:
+            loss.backward()
+        value = float(loss.detach()) if loss is not None else 0.0
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for p in self.prompt.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+            t = torch.tensor([value], device=p.grad.device)
+            dist.all_reduce(t)
+            value = float(t) / self.world
+        self.opt.step()
+        self.step += 1
+        return value
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> float | None:
+        """PCK@0.1 per image (SD4Match frame and threshold) on the validation pairs."""
+        if self.val_rows is None or self.val_rows.num_rows == 0:
+            return None
+        from benchmarks.matchers.base import Pair
+        from benchmarks.pck import PairArrays, hits, per_pair
+        from benchmarks.protocol import protocols_for
+
+        from .matcher import CPMMatcher, ClassMatcher, SingleMatcher
+
+        cls = {"single": SingleMatcher, "class": ClassMatcher, "cpm": CPMMatcher}[self.cfg.variant]
+        cfg = self.cfg
+        m = cls.from_settings(None, model_id=cfg.model_id, dino_id=cfg.dino_id, checkpoint="(training)",
+                              image_size=cfg.image_size, t=cfg.t, ensemble=1, up_block=cfg.up_block,
+                              readout="kernel-soft-argmax", seed=cfg.seed, device=str(self.device),
+                              dtype=cfg.dtype, batch_size=cfg.batch_size)
+        m._sd, m._prompt, m._encoder, m._dino = self.sd, self.prompt.eval(), self.encoder, self.dino
+        m._ckpt_meta = {"sha256": f"step{self.step}"}
+        try:
+            pairs = [Pair(r, self.root) for r in self.val_rows.to_pylist()]
+            preds = []
+            for b in range(0, len(pairs), cfg.batch_size):
+                preds += m.predict(pairs[b:b + cfg.batch_size])["kernel-soft-argmax"]
+        finally:
+            self.prompt.train()
+        arrays = PairArrays.from_table(self.val_rows)
+        xy = np.concatenate([np.asarray(p).reshape(-1, 2) for p in preds]) if preds else np.zeros((0, 2))
+        proto = dataclasses.replace(protocols_for(cfg.dataset, ["sd4match"])[0], alphas=(0.1,))
+        correct, counts = per_pair(hits(arrays, xy, proto), arrays.offsets)
+        return float((correct[0] / counts).mean())
+
+    # ------------------------------------------------------------------ files
+    def save(self, with_best: float | None = None) -> None:
+        from loaders.atomic import atomic_path, write_text
+
+        from . import checkpoint as ckpt
+
+        if self.rank != 0:
+            return
+        meta = {"variant": self.cfg.variant, "text_width": self.width, "categories": self.categories if self.cfg.variant == "class" else [],
+                "dino_dim": self.dino_dim if self.cfg.variant == "cpm" else 0,
+                "n_patches": self.n_patches if self.cfg.variant == "cpm" else 0, "step": self.step,
+                "config": dataclasses.asdict(self.cfg)}
+        ckpt.save(self.prompt, self.out / ckpt.LAST, **meta)
+        if with_best is not None:
+            ckpt.save(self.prompt, self.out / ckpt.BEST, **meta)
+        with atomic_path(self.out / "state.pt", suffix=".pt") as tmp:
+            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best}, tmp)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "val_pck"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.log)
+        write_text(self.out / "train_log.csv", buf.getvalue())
+
+    def resume(self) -> None:
+        from . import checkpoint as ckpt
+
+        state_path = self.out / "state.pt"
+        if not state_path.is_file() or not (self.out / ckpt.LAST).is_file():
+            raise TrainError(f"{self.out}: nothing to resume (no state.pt / {ckpt.LAST})")
+        saved = json.loads((self.out / "config.json").read_text())
+        mine = dataclasses.asdict(self.cfg)
+        differ = [k for k in mine if k not in ("max_steps", "epochs", "device") and saved.get(k) != mine[k]]
+        if differ:
+            raise TrainError(f"{self.out / 'config.json'}: --resume with different settings ({', '.join(differ)})")
+        module, _ = ckpt.load(self.out / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
+                              dino_dim=self.dino_dim if self.cfg.variant == "cpm" else None,
+                              n_patches=self.n_patches if self.cfg.variant == "cpm" else None)
+        self.prompt.load_state_dict(module.state_dict())
+        state = self.torch.load(state_path, map_location=self.device, weights_only=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.step, self.best = int(state["step"]), float(state["best"])
+        if (self.out / "train_log.csv").is_file():
+            with open(self.out / "train_log.csv") as fh:
+                self.log = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.step]
+
+    def run(self, progress: bool = True) -> None:
+        cfg = self.cfg
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.variant}", unit="step")
+        while self.step < self.total_steps:
+            loss = self.train_step()
+            epoch = (self.step - 1) // self.steps_per_epoch
+            row = {"step": self.step, "epoch": epoch, "loss": f"{loss:.6f}", "val_pck": ""}
+            end_of_epoch = self.step % self.steps_per_epoch == 0
+            val_due = (cfg.val_every and self.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
+            best = None
+            if val_due or self.step == self.total_steps:
+                pck = self.validate() if self.rank == 0 else None
+                if pck is not None:
+                    row["val_pck"] = f"{pck:.6f}"
+                    if pck > self.best:
+                        self.best, best = pck, pck
+            self.log.append(row)
+            if self.step % cfg.save_every == 0 or best is not None or self.step == self.total_steps or end_of_epoch:
+                self.save(with_best=best)
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+        if bar:
+            bar.close()
+        if self.val_rows is None and self.rank == 0:  # no validation split: the last prompt is the result
+            import shutil
+
+            from . import checkpoint as ckpt
+
+            shutil.copyfile(self.out / ckpt.LAST, self.out / ckpt.BEST)
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def dry_run(variant: str, dataset: str) -> str:
+    """Trainable parameter count at the real sizes (text width 1024, DINOv2-base 256 x 768), no weights."""
+    import torch
+
+    from loaders import pfpascal, pfwillow, spair
+
+    from .prompts import build_prompt, count_parameters
+
+    cats = {"spair-71k": spair.CATEGORIES, "pf-pascal": pfpascal.CLASSES,
+            "pf-willow": sorted({s.split("(")[0] for s in pfwillow.SUBSETS})}[dataset]
+    with torch.device("meta"):
+        module = build_prompt(variant, 1024, cats, dino_dim=768, n_patches=256)
+    n = count_parameters(module)
+    if variant == "class":
+        return (f"class: {n:,} trainable parameters = {n // len(cats):,} per category x {len(cats)} "
+                f"{dataset} categories (75 x 1024 each)")
+    detail = {"single": "one 75 x 1024 prompt", "cpm": "25 x 1024 global + Linear(1536->1024) + Linear(256->256) + "
+              "50 x 1024 position + 50 x 1024 alpha; DINOv2-base 256 x 768 tokens"}[variant]
+    return f"{variant}: {n:,} trainable parameters ({detail})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sd4match.train", description="Train SD4Match prompts.")
+    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p.add_argument("--dataset", default="spair-71k")
+    p.add_argument("--data-root", type=Path)
+    p.add_argument("--split", default="trn", help="training split (default trn; any split is accepted)")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--model-id", default=None)
+    p.add_argument("--dino-id", default=None)
+    p.add_argument("--val-limit", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the trainable parameter count at real sizes and exit")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def config_from_args(args) -> TrainConfig:
+    from benchmarks.matchers.base import config_from
+
+    base = {}
+    if args.preset:
+        if args.preset not in PRESETS:
+            raise TrainError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
+        base.update(PRESETS[args.preset])
+    for flag in ("device", "dtype", "batch_size", "max_steps", "epochs", "seed", "model_id", "dino_id", "val_limit"):
+        v = getattr(args, flag)
+        if v is not None:
+            base[flag] = v
+    for item in args.set:
+        if "=" not in item:
+            raise TrainError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        base[k.strip()] = v
+    base.update(variant=args.variant, dataset=args.dataset, data_root=str(args.data_root), split=args.split)
+    cfg = config_from(TrainConfig, base, "sd4match.train")
+    if cfg.batch_size < 1 or cfg.max_steps < 0 or cfg.epochs < 0:
+        raise TrainError("--batch-size must be >= 1, --max-steps and --epochs >= 0")
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.matchers.base import ConfigError, MatcherError
+    from loaders import DatasetError
+
+    args = build_parser().parse_args(argv)
+    if args.dry_run:
+        try:
+            print(dry_run(args.variant, args.dataset))
+        except KeyError:
+            print(f"error: unknown dataset {args.dataset!r}", file=sys.stderr)
+            return 2
+        return 0
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        if args.data_root is None or args.out is None:
+            raise TrainError("--data-root and --out are required (or --dry-run)")
+        import loaders
+
+        loaders.api.check_names(args.dataset, args.split)
+        cfg = config_from_args(args)
+        out = args.out
+        from .checkpoint import LAST
+
+        if not args.resume and (out / LAST).exists():
+            raise TrainError(f"{out}: already holds a training run; pass --resume or choose another --out")
+        if world > 1:
+            import torch
+            import torch.distributed as dist
+
+            dist.init_process_group("nccl" if cfg.device.startswith("cuda") and torch.cuda.is_available() else "gloo")
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, out, rank, world)
+        if args.resume:
+            trainer.resume()
+        elif rank == 0:
+            from loaders.atomic import write_text
+
+            write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
+        trainer.run(progress=not args.quiet)
+        if rank == 0:
+            print(f"trained {cfg.variant} prompts for {trainer.step} steps in {time.perf_counter() - t0:.1f} s; "
+                  f"best validation PCK@0.1 {trainer.best if trainer.best >= 0 else 'n/a'}; wrote {out}")
+    except (TrainError, DatasetError, ConfigError, MatcherError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

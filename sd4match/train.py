@@ -179,12 +179,10 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def _posterior(self, imgs, keys):
         torch = self.torch
-        todo = [i for i, k in enumerate(keys) if k not in self.posteriors]
-        if todo:
-            x = (torch.stack([imgs[i] for i in todo]) * 2 - 1).to(self.device, self.dtype)
-            mean, std = self.sd.posterior(x)
-            for j, i in enumerate(todo):
-                self.posteriors[keys[i]] = (mean[j], std[j])
+        for i, k in enumerate(keys):  # one image at a time: the result must not depend on batch composition
+            if k not in self.posteriors:
+                mean, std = self.sd.posterior((imgs[i][None] * 2 - 1).to(self.device, self.dtype))
+                self.posteriors[k] = (mean[0], std[0])
         return (torch.stack([self.posteriors[k][0] for k in keys]), torch.stack([self.posteriors[k][1] for k in keys]))
 
     def _dino_tokens(self, pils, keys):
@@ -192,11 +190,9 @@ class Trainer:
 
         torch = self.torch
         model, spec = self.dino
-        todo = [i for i, k in enumerate(keys) if k not in self.tokens]
-        if todo:
-            toks = patch_tokens(model, torch.stack([preprocess(pils[i], spec) for i in todo]))
-            for j, i in enumerate(todo):
-                self.tokens[keys[i]] = toks[j]
+        for i, k in enumerate(keys):  # one image at a time, as for the posteriors
+            if k not in self.tokens:
+                self.tokens[k] = patch_tokens(model, preprocess(pils[i], spec)[None])[0]
         return torch.stack([self.tokens[k] for k in keys])
 
     def batch_rows(self, step: int) -> list[dict]:
@@ -284,7 +280,7 @@ class Trainer:
         from benchmarks.pck import PairArrays, hits, per_pair
         from benchmarks.protocol import protocols_for
 
-        from .matcher import CPMMatcher, ClassMatcher, SingleMatcher
+        from .matcher import ClassMatcher, CPMMatcher, SingleMatcher
 
         cls = {"single": SingleMatcher, "class": ClassMatcher, "cpm": CPMMatcher}[self.cfg.variant]
         cfg = self.cfg

@@ -248,7 +248,7 @@ class DenseMatcher(Matcher):
         ``compute(images, infos, positions)`` in batches of ``batch_size`` for the rest."""
         result: list[torch.Tensor | None] = [None] * len(items)
         todo = []
-        for i, (img, info, tag) in enumerate(items):
+        for i, (_img, info, tag) in enumerate(items):
             mem_key = (info.key, tag)
             if mem_key in self._recent:
                 result[i] = self._recent[mem_key]

@@ -85,7 +85,7 @@ class SD4MatchMatcher(SDMatcherBase):
             torch.manual_seed(self.config.seed)
             module = build_prompt(self.variant, width, KNOWN_CATEGORIES, dino_dim=dino_dim or 768,
                                   n_patches=n_patches or 256)
-            self._ckpt_meta = {"sha256": "untrained-seed-%d" % self.config.seed}
+            self._ckpt_meta = {"sha256": f"untrained-seed-{self.config.seed}"}
         self._prompt = module.to(self.device).eval().requires_grad_(False)
         self._encoder = PromptEncoder(sd.c.text_encoder, sd.c.tokenizer)
 

@@ -163,8 +163,8 @@ class DenseMatcher(Matcher):
         if bad or not names:
             raise ConfigError(f"unknown readout {bad[0] if bad else cfg.readout!r}; valid: {', '.join(DENSE_READOUTS)}")
         self._readouts = tuple(names)
-        if isinstance(cfg.batch_size, str) or int(cfg.batch_size) < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {cfg.batch_size!r}")
+        if isinstance(cfg.batch_size, str) or int(cfg.batch_size) < 0 or cfg.batch_size is True:
+            raise ConfigError(f"batch_size must be a positive integer or 'auto', got {cfg.batch_size!r}")
         if cfg.image_size < 2:
             raise ConfigError(f"image_size must be >= 2, got {cfg.image_size}")
         self.device = resolve_device(cfg.device)
@@ -174,6 +174,8 @@ class DenseMatcher(Matcher):
         self._cache_dir = Path(cfg.cache_dir) / self.name / self.feature_hash if cfg.cache_dir else None
         self.stats = {"extracted": 0, "cache_hits": 0}
         self._recent: dict[tuple[str, str], torch.Tensor] = {}  # small in-memory cache across batches
+        self._prefetched: dict[str, tuple[torch.Tensor, ImageInfo]] = {}
+        self._batch_size = int(cfg.batch_size) or None  # None: found on first use (batch_size 'auto' = 0)
         self.memory_cache_size = 64
 
     @property
@@ -231,13 +233,58 @@ class DenseMatcher(Matcher):
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(feat.detach().to("cpu").clone(), tmp)
 
+    def prefetch(self, pairs):
+        """Decode and resize the images of ``pairs`` (background thread; pinned memory for CUDA)."""
+        out = self.load_images(pairs)
+        if self.device.type == "cuda":
+            out = {k: (img.pin_memory(), info) for k, (img, info) in out.items()}
+        return out
+
+    def predict_prefetched(self, pairs, data):
+        self._prefetched = data or {}
+        try:
+            return self.predict(pairs)
+        finally:
+            self._prefetched = {}
+
+    def probe(self, batch: int) -> None:
+        """Run one forward pass on ``batch`` random images (used to find the batch size that fits)."""
+        S = self.config.image_size
+        infos = [ImageInfo(Path("probe"), f"probe-{i}", "probe", S, S) for i in range(batch)]
+        self.extract(torch.rand(batch, 3, S, S, device=self.device), infos)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass; with ``auto`` the largest power of two up to 64 that fits (CUDA),
+        8 on the CPU."""
+        if self._batch_size is None:
+            if self.device.type != "cuda":
+                self._batch_size = 8
+            else:
+                best, b = 1, 1
+                while b <= 64:
+                    try:
+                        with torch.no_grad():
+                            self.probe(b)
+                        best = b
+                        b *= 2
+                    except torch.cuda.OutOfMemoryError:
+                        break
+                    finally:
+                        torch.cuda.empty_cache()
+                self._batch_size = best
+            self.stats["batch_size"] = self._batch_size
+        return self._batch_size
+
     def load_images(self, pairs: list[Pair]) -> dict[str, tuple[torch.Tensor, ImageInfo]]:
         """Every distinct image of ``pairs``: relative path -> ((3, S, S) in [0, 1], info)."""
         out = {}
         for p in pairs:
             for side in ("src", "trg"):
                 rel = p.row[f"{side}_image"]
-                if rel not in out:
+                if rel in self._prefetched:
+                    out[rel] = self._prefetched[rel]
+                elif rel not in out:
                     path = p.image_path(side)
                     img, key, (w, h) = self.load_image(path)
                     out[rel] = (img, ImageInfo(path, key, p.row["category"], w, h))
@@ -259,10 +306,10 @@ class DenseMatcher(Matcher):
                 self.stats["cache_hits"] += 1
             else:
                 todo.append(i)
-        bs = int(self.config.batch_size)
+        bs = self.batch_size if todo else 1
         for b in range(0, len(todo), bs):
             chunk = todo[b:b + bs]
-            batch = torch.stack([items[i][0] for i in chunk]).to(self.device)
+            batch = torch.stack([items[i][0] for i in chunk]).to(self.device, non_blocking=True)
             try:
                 out = compute(batch, [items[i][1] for i in chunk], chunk)
             except torch.cuda.OutOfMemoryError:

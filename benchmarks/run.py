@@ -71,12 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-id", dest="model_id", default=None, help="hub id or local folder of the model")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
-    p.add_argument("--batch-size", dest="batch_size", default=None, help="pairs/images per forward pass")
+    p.add_argument("--batch-size", dest="batch_size", default=None,
+                   help="images (pairs for CPM) per forward pass, or 'auto' for the largest that fits")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--cache-dir", dest="cache_dir", default=None, help="feature cache folder")
     p.add_argument("--readout", default=None, help="comma-separated readouts to compute")
     p.add_argument("--checkpoint", default=None, help="learned prompt checkpoint (SD4Match matchers)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other matcher setting")
+    p.add_argument("--shard-size", dest="shard_size", type=int, default=None,
+                   help="pairs per saved shard (the resume and multi-process unit; default max(256, batch))")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -108,6 +111,66 @@ def _chunks(n: int, size: int):
         yield start // size, start, min(n, start + size)
 
 
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; initialises the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, progress: bool, desc: str) -> None:
+    """Predict the pairs of each (index, start, end) shard in ``todo`` and write each shard atomically.
+
+    The next batch's images are read by a background thread while the current batch runs
+    (``Matcher.prefetch``), so the accelerator does not wait on image decoding.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from loaders.atomic import write_parquet
+
+    from . import predictions as P
+
+    bar = None
+    if todo and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(e - s for _, s, e in todo), desc=desc, unit="pair")
+    batches = []
+    for idx, start, end in todo:
+        rows = table.slice(start, end - start).to_pylist()
+        for b in range(0, len(rows), batch):
+            batches.append((idx, [Pair(r, root) for r in rows[b:b + batch]]))
+    parts: dict[int, list] = {}
+    remaining = {idx: sum(1 for i, _ in batches if i == idx) for idx, _, _ in todo}
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(matcher.prefetch, batches[0][1]) if batches else None
+        for k, (idx, pairs) in enumerate(batches):
+            data = future.result()
+            if k + 1 < len(batches):
+                future = pool.submit(matcher.prefetch, batches[k + 1][1])
+            preds = matcher.predict_prefetched(pairs, data)
+            parts.setdefault(idx, []).append((pairs, preds))
+            remaining[idx] -= 1
+            if bar:
+                bar.update(len(pairs))
+            if remaining[idx] == 0:
+                tables = []
+                for readout in matcher.readouts:
+                    ids = [p.pair_id for ps, _ in parts[idx] for p in ps]
+                    arrs = [a for _, pr in parts[idx] for a in pr[readout]]
+                    tables.append(P.make_table(ids, readout, arrs))
+                write_parquet(pa.concat_tables(tables), shard_path(idx))
+                del parts[idx]
+    if bar:
+        bar.close()
+
+
 def run(args) -> Path:
     import loaders
 
@@ -123,8 +186,12 @@ def run(args) -> Path:
     loaders.api.check_names(args.dataset, args.split, args.layout)
     if args.limit is not None and args.limit <= 0:
         raise RunError(f"--limit must be a positive number of pairs, got {args.limit}")
-    matcher = cls.from_settings(args.preset, **_overrides(args))
-    chash = config_hash(args.matcher, matcher.config)
+    rank, world, local_rank = dist_env()
+    overrides = _overrides(args)
+    if world > 1 and str(overrides.get("device", "")).strip() == "cuda":
+        overrides["device"] = f"cuda:{local_rank}"  # one GPU per rank
+    matcher = cls.from_settings(args.preset, **overrides)
+    chash = config_hash(args.matcher, {k: v for k, v in dataclasses.asdict(matcher.config).items() if k != "device"})
     out = args.out or Path("runs") / f"{args.matcher}-{args.dataset}-{args.split}-{chash}"
 
     t0 = time.perf_counter()
@@ -135,43 +202,30 @@ def run(args) -> Path:
 
     partial = out / f".partial-{chash}"
     partial.mkdir(parents=True, exist_ok=True)
-    batch = max(1, int(getattr(matcher.config, "batch_size", 1) or 1))
-    chunk = max(256, batch)
+    batch = int(getattr(matcher, "batch_size", 0) or getattr(matcher.config, "batch_size", 1) or 1)
+    if args.shard_size is not None and args.shard_size <= 0:
+        raise RunError(f"--shard-size must be positive, got {args.shard_size}")
+    chunk = args.shard_size or max(256, batch)
     n = table.num_rows
-    todo = [c for c in _chunks(n, chunk) if not (partial / f"shard-{c[0]:06d}-{n}.parquet").is_file()]
+    shard_path = lambda i: partial / f"shard-{i:06d}-{n}-{chunk}.parquet"  # noqa: E731
+    todo = [c for c in _chunks(n, chunk) if c[0] % world == rank and not shard_path(c[0]).is_file()]
     t1 = time.perf_counter()
-    progress = None
-    if todo and not args.quiet:
-        from tqdm import tqdm
-
-        progress = tqdm(total=sum(e - s for _, s, e in todo), desc=f"{args.matcher} {args.dataset}", unit="pair")
     try:
-        for idx, start, end in todo:
-            rows = table.slice(start, end - start).to_pylist()
-            parts = []
-            for b in range(0, len(rows), batch):
-                pairs = [Pair(r, Path(args.data_root)) for r in rows[b:b + batch]]
-                preds = matcher.predict(pairs)
-                parts.append((pairs, preds))
-                if progress:
-                    progress.update(len(pairs))
-            tables = []
-            for readout in matcher.readouts:
-                ids = [p.pair_id for pairs, _ in parts for p in pairs]
-                arrs = [a for _, preds in parts for a in preds[readout]]
-                tables.append(P.make_table(ids, readout, arrs))
-            from loaders.atomic import write_parquet
-
-            write_parquet(pa.concat_tables(tables), partial / f"shard-{idx:06d}-{n}.parquet")
+        predict_shards(matcher, table, todo, batch, Path(args.data_root), shard_path,
+                       progress=not args.quiet and rank == 0, desc=f"{args.matcher} {args.dataset}")
     finally:
-        if progress:
-            progress.close()
         matcher.close()
     t_predict = time.perf_counter() - t1
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+        if rank != 0:
+            return out
 
     from loaders.atomic import write_parquet, write_text
 
-    shards = [partial / f"shard-{i:06d}-{n}.parquet" for i, _, _ in _chunks(n, chunk)]
+    shards = [shard_path(i) for i, _, _ in _chunks(n, chunk)]
     pred = pa.concat_tables([pq.read_table(s) for s in shards]).cast(P.SCHEMA) if shards else P.make_table([], "none", [])
     pred = pred.sort_by([("readout", "ascending")]) if pred.num_rows else pred
     rows, xy = P.align(pred, table, source=str(out / "predictions.parquet"))
@@ -203,7 +257,8 @@ def run(args) -> Path:
         "git": git_hash(),
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("run.py") else None,
         "timings_s": {"load": round(t_load, 4), "predict": round(t_predict, 4), "evaluate": round(t_eval, 4),
-                      "resumed_shards": len(shards) - len(todo)},
+                      "resumed_shards": len(shards) - len(todo) if world == 1 else None},
+        "world_size": world,
     }
     write_text(out / "run.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     for s in shards:
@@ -224,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     from .registry import UnknownMatcher
 
     args = build_parser().parse_args(argv)
+    if args.batch_size == "auto":
+        args.batch_size = "0"  # 0: the matcher finds the largest batch that fits
     if args.list_matchers:
         print(list_matchers())
         return 0
@@ -235,6 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed shards are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
     return 0
 
 

@@ -82,6 +82,15 @@ class SDMatcherBase(DenseMatcher):
         mean, std = self.posterior(images, infos)
         return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)
 
+    def probe(self, batch: int) -> None:
+        S, sd = self.config.image_size, self.sd
+        x = torch.rand(batch, 3, S, S, device=self.device, dtype=self.dtype) * 2 - 1
+        mean, std = sd.posterior(x)
+        width = int(sd.c.text_encoder.config.hidden_size)
+        ctx = torch.zeros(batch, 77, width, device=self.device, dtype=self.dtype)
+        sd.features(mean, std, ctx, keys=[f"probe-{i}" for i in range(batch)], t=self.config.t,
+                    ensemble=self.config.ensemble, seed=0)
+
     def describe(self) -> dict:
         return {**super().describe(), "model_id": self.config.model_id}
 

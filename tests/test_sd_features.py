@@ -141,8 +141,8 @@ def test_cli_bad_inputs(tmp_path, capsys, monkeypatch):
     if not torch.cuda.is_available():
         assert _run(tmp_path, "--device", "cuda") == 2
         assert "no CUDA GPU is available" in capsys.readouterr().err
-    assert _run(tmp_path, "--batch-size", "0") == 2
-    assert "batch_size must be a positive integer" in capsys.readouterr().err
+    assert _run(tmp_path, "--batch-size", "-1") == 2
+    assert "batch_size must be a positive integer or 'auto', got -1" in capsys.readouterr().err
     assert _run(tmp_path, "--dtype", "float8") == 2
     assert "unknown dtype 'float8'" in capsys.readouterr().err
     assert _run(tmp_path, "--readout", "best") == 2

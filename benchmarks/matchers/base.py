@@ -56,8 +56,9 @@ def config_from(cls: type, overrides: dict[str, Any], owner: str) -> Any:
 
 
 def config_hash(name: str, config: Any) -> str:
-    """Short stable hash of a matcher name and its resolved config."""
-    blob = json.dumps({"matcher": name, "config": dataclasses.asdict(config)}, sort_keys=True, default=str)
+    """Short stable hash of a matcher name and its resolved config (a dataclass or a dict)."""
+    cfg = config if isinstance(config, dict) else dataclasses.asdict(config)
+    blob = json.dumps({"matcher": name, "config": cfg}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -123,6 +124,14 @@ class Matcher:
     def predict(self, pairs: Sequence[Pair]) -> dict[str, list[np.ndarray]]:
         """Readout name -> one ``(n_i, 2)`` array of target (x, y) pixels per pair."""
         raise NotImplementedError
+
+    def prefetch(self, pairs: Sequence[Pair]):
+        """Read what ``pairs`` need from disk (called from a background thread); default nothing."""
+        return None
+
+    def predict_prefetched(self, pairs: Sequence[Pair], data) -> dict[str, list[np.ndarray]]:
+        """:meth:`predict` with the result of :meth:`prefetch` for the same pairs."""
+        return self.predict(pairs)
 
     def describe(self) -> dict:
         """Extra facts for run.json (device, dtype, model id ...)."""

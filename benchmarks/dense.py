@@ -233,6 +233,10 @@ class DenseMatcher(Matcher):
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(feat.detach().to("cpu").clone(), tmp)
 
+    def reset_caches(self) -> None:
+        """Forget in-memory features (the disk cache is kept); used by timing code."""
+        self._recent.clear()
+
     def prefetch(self, pairs):
         """Decode and resize the images of ``pairs`` (background thread; pinned memory for CUDA)."""
         out = self.load_images(pairs)

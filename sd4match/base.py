@@ -82,6 +82,10 @@ class SDMatcherBase(DenseMatcher):
         mean, std = self.posterior(images, infos)
         return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)
 
+    def reset_caches(self) -> None:
+        super().reset_caches()
+        self._posteriors.clear()
+
     def probe(self, batch: int) -> None:
         S, sd = self.config.image_size, self.sd
         x = torch.rand(batch, 3, S, S, device=self.device, dtype=self.dtype) * 2 - 1

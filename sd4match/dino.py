@@ -45,6 +45,11 @@ def load_dino(model_id: str, seed: int = 0):
     """(model, preprocessing spec) from ``tiny``, a local folder or a hub id."""
     if model_id == "tiny":
         return tiny_dino(seed)
+    if model_id == "random-base":  # the ViT-B/14 architecture with random weights, for timing
+        from transformers import Dinov2Config, Dinov2Model
+
+        torch.manual_seed(seed + 3)
+        return Dinov2Model(Dinov2Config()).eval().requires_grad_(False), DinoSpec()
     from transformers import Dinov2Model
     from transformers.utils import logging as tlog
 

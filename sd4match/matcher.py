@@ -160,6 +160,10 @@ class CPMMatcher(SD4MatchMatcher):
 
         self._dino_dir = Path(cfg.cache_dir) / "dino" / hashlib.sha256(blob.encode()).hexdigest()[:12] if cfg.cache_dir else None
 
+    def reset_caches(self) -> None:
+        super().reset_caches()
+        self._tokens.clear()
+
     def dino_tokens(self, infos) -> torch.Tensor:
         """DINOv2 patch tokens per image, computed once and cached (memory and disk)."""
         from PIL import Image

@@ -139,3 +139,17 @@ def test_pfwillow_fixture_run(tmp_path):
     write_pfwillow_root(tmp_path / "w")
     assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--data-root", str(tmp_path / "w"),
                     "--out", str(tmp_path / "o"), "--quiet"]) == 0
+
+
+def test_profile_command(capsys):
+    from benchmarks.profile import main as profile_cli
+
+    assert profile_cli(["--matcher", "dift", "--preset", "tiny", "--pairs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "FLOPs per image:" in out and "images/s for features" in out and "of peak" in out
+    assert "projected SPair-71k test split (12234 pairs, 481 images)" in out
+    flops = float(out.split("FLOPs per image: ")[1].split(" GFLOP")[0].replace(",", ""))
+    assert flops > 0
+    assert profile_cli(["--matcher", "identity", "--pairs", "3"]) == 0
+    assert "pairs/s (no model, no FLOPs)" in capsys.readouterr().out
+    assert profile_cli(["--matcher", "dift", "--preset", "tiny", "--pairs", "99"]) == 2

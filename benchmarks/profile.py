@@ -1,0 +1,166 @@
+"""Profile a matcher: counted FLOPs, measured throughput, fraction of the device's peak.
+
+    python -m benchmarks.profile --matcher M [--preset P] [--device D] [--dtype T] [--pairs N]
+        [--batch-size B] [--set KEY=VALUE ...]
+
+Runs on synthetic pairs (flat images of SPair-like sizes written to a temporary folder), so no
+dataset is needed. Prints FLOPs per image (per pair for per-pair matchers such as CPM) counted
+with ``torch.utils.flop_counter``, measured images/s and pairs/s, achieved TFLOP/s, the fraction of
+the device's dense peak for the dtype, and the projected time for the full SPair-71k test split
+(12,234 pairs on 481 distinct images): images x feature time + pairs x readout time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SPAIR_TEST_PAIRS = 12234
+SPAIR_TEST_IMAGES = 481
+#: dense tensor-core peaks (FLOP/s) by device-name fragment and dtype, from the vendors' data sheets
+PEAKS = {
+    ("H200", "bfloat16"): 989e12, ("H200", "float16"): 989e12, ("H200", "float32"): 494e12,
+    ("H100", "bfloat16"): 989e12, ("H100", "float16"): 989e12, ("H100", "float32"): 494e12,
+    ("A100", "bfloat16"): 312e12, ("A100", "float16"): 312e12, ("A100", "float32"): 156e12,
+}
+
+
+def device_peak(device, dtype_name: str) -> tuple[float | None, str]:
+    """(peak FLOP/s, how it was obtained). CPUs: a measured large matmul in the same dtype."""
+    import torch
+
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for (frag, dt), peak in PEAKS.items():
+            if frag in name and dt == dtype_name:
+                return peak, f"{name} data-sheet dense {dtype_name} peak"
+        return None, f"{name}: peak unknown"
+    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype_name, torch.float32)
+    a = torch.randn(1024, 1024, dtype=dt)
+    a @ a
+    t0 = time.perf_counter()
+    for _ in range(5):
+        a @ a
+    rate = 5 * 2 * 1024**3 / (time.perf_counter() - t0)
+    return rate, f"CPU: measured 1024^3 {dtype_name} matmul ({rate / 1e9:.0f} GFLOP/s)"
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int) -> str:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import loaders
+    from loaders.testing import write_spair_root
+
+    from . import registry
+    from .matchers.base import Pair
+
+    cls = registry.load_class(matcher_name)
+    matcher = cls.from_settings(preset, **overrides)
+    lines = [f"matcher {matcher_name} (preset {preset or '-'}): {matcher.description}"]
+    with tempfile.TemporaryDirectory() as d:
+        write_spair_root(Path(d), {"test": n_pairs + 1}, seed=7, images=matcher.needs_images)
+        table = loaders.load("spair-71k", d, "test", use_cache=False)
+        pairs = [Pair(r, Path(d)) for r in table.to_pylist()]
+        warm, pairs = pairs[:1], pairs[1:]
+        device = getattr(matcher, "device", torch.device("cpu"))
+        per_pair = bool(getattr(matcher, "pair_features", None)) and type(matcher).__name__ == "CPMMatcher"
+        bs = int(getattr(matcher, "batch_size", 0) or 1)
+        matcher.predict(warm)  # loads models, compiles kernels
+        reset = getattr(matcher, "reset_caches", lambda: None)
+        reset()
+        with FlopCounterMode(display=False) as fc:
+            matcher.predict(warm)
+        flops_pair = fc.get_total_flops()
+        reset()
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        for b in range(0, len(pairs), bs):
+            matcher.predict(pairs[b:b + bs])
+        _sync(device)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for b in range(0, len(pairs), bs):
+            matcher.predict(pairs[b:b + bs])  # features now in memory: readouts only
+        _sync(device)
+        warm_t = time.perf_counter() - t0
+        n_img = len({p.row["src_image"] for p in pairs} | {p.row["trg_image"] for p in pairs})
+        feat_t = max(cold - warm_t, 0.0)
+        info = matcher.describe()
+        dtype_name = info.get("dtype", "float32")
+        peak, peak_src = device_peak(device, dtype_name)
+        lines.append(f"device: {device} ({peak_src}); dtype {dtype_name}; batch {bs}")
+        if per_pair:
+            units, unit = len(pairs), "pair"
+            projected = SPAIR_TEST_PAIRS * cold / len(pairs)
+        else:
+            units, unit = n_img, "image"
+            projected = SPAIR_TEST_IMAGES * feat_t / n_img + SPAIR_TEST_PAIRS * warm_t / len(pairs)
+        flops_unit = flops_pair / (1 if per_pair else 2)
+        rate = units / feat_t if feat_t > 0 else float("inf")
+        achieved = flops_unit * units / feat_t if feat_t > 0 else 0.0
+        if not matcher.needs_images:  # nothing to count: a geometric baseline
+            lines.append(f"measured: {len(pairs) / cold:,.0f} pairs/s (no model, no FLOPs)")
+            lines.append(f"projected SPair-71k test split ({SPAIR_TEST_PAIRS} pairs): {SPAIR_TEST_PAIRS * cold / len(pairs):.3f} s")
+            matcher.close()
+            return "\n".join(lines)
+        lines.append(f"FLOPs per {unit}: {flops_unit / 1e9:,.3f} GFLOP (counted)")
+        lines.append(f"measured: {rate:.2f} {unit}s/s for features, {len(pairs) / cold:.2f} pairs/s end to end, "
+                     f"readouts {len(pairs) / warm_t:.1f} pairs/s")
+        frac = f"{achieved / peak:.1%}" if peak else "n/a"
+        lines.append(f"achieved: {achieved / 1e12:.3f} TFLOP/s = {frac} of peak")
+        if device.type == "cuda":
+            lines.append(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+        lines.append(f"projected SPair-71k test split ({SPAIR_TEST_PAIRS} pairs, {SPAIR_TEST_IMAGES} images): "
+                     f"{projected:.1f} s ({projected / 60:.1f} min)")
+    matcher.close()
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from loaders import DatasetError
+
+    from .matchers.base import ConfigError, MatcherError
+    from .registry import UnknownMatcher
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.splitlines()[0])
+    p.add_argument("--matcher", required=True)
+    p.add_argument("--preset", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--batch-size", dest="batch_size", default=None)
+    p.add_argument("--pairs", type=int, default=8, help="synthetic pairs timed (default 8)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    args = p.parse_args(argv)
+    overrides = {k: v for k in ("device", "dtype", "batch_size") if (v := getattr(args, k)) is not None}
+    if overrides.get("batch_size") == "auto":
+        overrides["batch_size"] = "0"
+    try:
+        for item in args.set:
+            if "=" not in item:
+                raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+            k, v = item.split("=", 1)
+            overrides[k.strip()] = v
+        if not 1 <= args.pairs <= 30:
+            raise ConfigError("--pairs must be in 1..30 (features of all timed pairs are kept in memory)")
+        print(profile(args.matcher, args.preset, overrides, args.pairs))
+    except (ConfigError, MatcherError, UnknownMatcher, DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

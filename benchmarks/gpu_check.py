@@ -22,6 +22,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="images per UNet call (x ensemble)")
     p.add_argument("--ensemble", type=int, default=8)
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--pairs", type=int, default=24, help="synthetic pairs for the matcher profiles")
     args = p.parse_args()
     from benchmarks.dense import resolve_dtype
     from sd4match.features import SDFeaturizer
@@ -52,6 +53,7 @@ def main() -> None:
     print(f"FLOPs per image: VAE encoder {vae_flops / 1e12:.2f} T, UNet to up_blocks[1] {unet_flops / 1e12:.2f} T, "
           f"DIFT (ensemble {args.ensemble}) {per_image / 1e12:.2f} T")
 
+    @torch.no_grad()
     def run(n):
         done = 0
         while done < n:
@@ -91,30 +93,18 @@ def main() -> None:
     u = reps * n * unet_flops / (time.perf_counter() - t0) / 1e12
     print(f"UNet (batch {n}): {u:.0f} TFLOP/s")
 
-    # correctness pass of the whole matcher on the GPU
-    import tempfile
-    from pathlib import Path
-
-    import numpy as np
-
-    import loaders
-    from benchmarks.matchers.base import Pair
-    from loaders.testing import write_spair_root
-    from sd4match.dift import DiftMatcher
-
+    # the whole matchers on the GPU, through the profile command's code path
     sd.close()
-    sd = comps = None  # free the GPU memory before the matcher builds its own copy
+    sd = comps = None  # free the GPU memory before the matchers build their own copies
     torch.cuda.empty_cache()
-    with tempfile.TemporaryDirectory() as d:
-        write_spair_root(Path(d), {"test": 8}, seed=1, images=True)
-        table = loaders.load("spair-71k", d, "test", use_cache=False)
-        m = DiftMatcher.from_settings(None, model_id="random-sd21", device="cuda", dtype=args.dtype, batch_size=8)
-        pairs = [Pair(r, Path(d)) for r in table.to_pylist()]
-        t0 = time.perf_counter()
-        out = m.predict(pairs)
-        ok = all(np.isfinite(np.concatenate(v)).all() for v in out.values())
-        print(f"matcher on GPU: {len(pairs)} pairs, readouts {sorted(out)}, finite={ok}, "
-              f"{time.perf_counter() - t0:.1f} s incl. model build; info {m.describe()}")
+    from benchmarks.profile import profile
+
+    common = {"model_id": "random-sd21", "device": "cuda", "dtype": args.dtype, "batch_size": str(args.batch)}
+    print("--- DIFT (random-sd21) ---")
+    print(profile("dift", None, common, args.pairs))
+    torch.cuda.empty_cache()
+    print("--- SD4Match-CPM (random-sd21, DINOv2-base architecture) ---")
+    print(profile("cpm", None, {**common, "dino_id": "random-base"}, args.pairs))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""GPU check: DIFT with the real SD-2.1 architecture (random weights) on one CUDA device.
+"""GPU check: DIFT and SD4Match-CPM with the real SD-2.1 / DINOv2-base architectures (random
+weights) on one CUDA device, in under 5 minutes.
 
-    python -m benchmarks.gpu_check [--images 64] [--batch 8] [--dtype bfloat16]
+    python -m benchmarks.gpu_check [--images 64] [--batch 8] [--dtype bfloat16] [--pairs 24]
 
-Prints: FLOPs per image (counted with torch.utils.flop_counter), DIFT images/s at ensemble 8,
-achieved TFLOP/s, peak GPU memory, the projected time for the 481 SPair-71k test images, and a
-correctness pass of the full matcher (all readouts) on synthetic pairs on the GPU.
+Prints: FLOPs per image (counted with torch.utils.flop_counter), DIFT feature images/s at
+ensemble 8, achieved TFLOP/s, peak GPU memory, the UNet's TFLOP/s at a 64-latent batch, then the
+profile of the whole DIFT and CPM matchers (every readout) on synthetic pairs: counted FLOPs,
+pairs/s, fraction of the device's bf16 peak and the projected SPair-71k test time.
 Timing does not depend on weight values, so no weights are needed.
 """
 

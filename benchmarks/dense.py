@@ -119,18 +119,29 @@ def cosine_maps(src_vec: torch.Tensor, trg_feat: torch.Tensor) -> torch.Tensor:
     return (a @ b).reshape(-1, h, w)
 
 
+def upsampled_sq_norm(feat: torch.Tensor, size: tuple[int, int], channel_chunk: int = 256) -> torch.Tensor:
+    """Squared L2 norm, per pixel, of ``(C, h, w)`` features upsampled (bilinear) to ``size`` (W, H)."""
+    tw, th = size
+    tf = feat.float()
+    sq = torch.zeros((th, tw), device=tf.device)
+    for c in range(0, tf.shape[0], channel_chunk):
+        up = F.interpolate(tf[None, c:c + channel_chunk], size=(th, tw), mode="bilinear", align_corners=False)[0]
+        sq += (up * up).sum(0)
+    return sq
+
+
 def upsampled_nn(src_feat: torch.Tensor, trg_feat: torch.Tensor, src_xy: torch.Tensor,
-                 src_size: tuple[int, int], trg_size: tuple[int, int], channel_chunk: int = 256) -> torch.Tensor:
+                 src_size: tuple[int, int], trg_size: tuple[int, int], trg_sq: torch.Tensor | None = None) -> torch.Tensor:
     """DIFT's readout: features upsampled (bilinear) to each original image, argmax of the cosine.
 
     The source feature is taken at the keypoint's (rounded) pixel of the upsampled source map;
     the target map is compared at every target pixel. Computed without materialising the
     upsampled target features: bilinear upsampling is linear, so the dot products are the
     upsampled grid dot products, and the per-pixel norms are accumulated over channel chunks.
+    ``trg_sq`` (from :func:`upsampled_sq_norm`) depends on the target image only and may be reused.
     Shape: src_xy (N, 2) original source pixels -> (N, 2) original target pixels.
     """
     (sw, sh), (tw, th) = src_size, trg_size
-    C = src_feat.shape[0]
     px = src_xy.round().clamp(min=0)
     px[:, 0] = px[:, 0].clamp(max=sw - 1)
     px[:, 1] = px[:, 1].clamp(max=sh - 1)
@@ -141,10 +152,7 @@ def upsampled_nn(src_feat: torch.Tensor, trg_feat: torch.Tensor, src_xy: torch.T
     vec = F.normalize(vec, dim=1)
     tf = trg_feat.float()
     dots = F.interpolate(torch.einsum("nc,chw->nhw", vec, tf)[None], size=(th, tw), mode="bilinear", align_corners=False)[0]
-    sq = torch.zeros((th, tw), device=tf.device)
-    for c in range(0, C, channel_chunk):
-        up = F.interpolate(tf[None, c:c + channel_chunk], size=(th, tw), mode="bilinear", align_corners=False)[0]
-        sq += (up * up).sum(0)
+    sq = upsampled_sq_norm(trg_feat, trg_size) if trg_sq is None else trg_sq
     cos = dots / sq.clamp_min(1e-12).sqrt()[None]
     return R.nearest_neighbour(cos).float()
 
@@ -154,6 +162,8 @@ class DenseMatcher(Matcher):
 
     Config = DenseConfig
     needs_images = True
+    #: True when a pair's features depend on both images (CPM): nothing is shared between pairs
+    per_pair_features = False
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -175,6 +185,7 @@ class DenseMatcher(Matcher):
         self.stats = {"extracted": 0, "cache_hits": 0}
         self._recent: dict[tuple[str, str], torch.Tensor] = {}  # small in-memory cache across batches
         self._prefetched: dict[str, tuple[torch.Tensor, ImageInfo]] = {}
+        self._norms: dict[tuple, torch.Tensor] = {}
         self._batch_size = int(cfg.batch_size) or None  # None: found on first use (batch_size 'auto' = 0)
         self.memory_cache_size = 64
 
@@ -236,6 +247,7 @@ class DenseMatcher(Matcher):
     def reset_caches(self) -> None:
         """Forget in-memory features (the disk cache is kept); used by timing code."""
         self._recent.clear()
+        self._norms.clear()
 
     def prefetch(self, pairs):
         """Decode and resize the images of ``pairs`` (background thread; pinned memory for CUDA)."""
@@ -350,24 +362,41 @@ class DenseMatcher(Matcher):
         pairs = list(pairs)
         cfg = self.config
         S = cfg.image_size
-        out = {r: [] for r in self._readouts}
+        out: dict[str, list[torch.Tensor]] = {r: [] for r in self._readouts}
+        counts = []
         for p, (fs, ft) in zip(pairs, self.pair_features(pairs)):
-            src_xy = torch.as_tensor(p.src_kps, dtype=torch.float32, device=fs.device)
-            hw = tuple(ft.shape[1:])
+            src_xy = torch.as_tensor(p.src_kps, dtype=torch.float32).to(fs.device, non_blocking=True)
+            counts.append(len(src_xy))
             if len(src_xy) == 0:
-                for r in self._readouts:
-                    out[r].append(np.zeros((0, 2)))
                 continue
+            hw = tuple(ft.shape[1:])
             grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]))
             sim = cosine_maps(sample_at(fs, grid_src), ft)
             for r in self._readouts:
                 if r == "upsampled-nn":
-                    pred = upsampled_nn(fs, ft, src_xy, p.src_size, p.trg_size)
+                    sq = None
+                    if not self.per_pair_features:  # the target's norm map depends on the target image only
+                        key = (p.row["trg_image"], self.cache_tag_of_row(p.row), p.trg_size)
+                        if key not in self._norms:
+                            self._norms[key] = upsampled_sq_norm(ft, p.trg_size)
+                            while len(self._norms) > self.memory_cache_size:
+                                self._norms.pop(next(iter(self._norms)))
+                        sq = self._norms[key]
+                    pred = upsampled_nn(fs, ft, src_xy, p.src_size, p.trg_size, sq)
                 else:
                     g = R.apply(r, sim, temperature=cfg.temperature, sigma=cfg.kernel_sigma, radius=cfg.window_radius)
                     pred = from_grid(g, p.trg_size, S, hw)
-                out[r].append(pred.double().cpu().numpy())
-        return out
+                out[r].append(pred.float())
+        # one device-to-host transfer per batch: no synchronisation inside the pair loop
+        result = {}
+        for r, preds in out.items():
+            flat = torch.cat(preds).double().cpu().numpy() if preds else np.zeros((0, 2))
+            result[r] = np.split(flat, np.cumsum(counts)[:-1]) if counts else []
+        return result
+
+    def cache_tag_of_row(self, row: dict) -> str:
+        """What besides the image the per-image features depend on (the category, for prompts)."""
+        return row["category"]
 
     def describe(self) -> dict:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),

@@ -74,7 +74,7 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         pairs = [Pair(r, Path(d)) for r in table.to_pylist()]
         warm, pairs = pairs[:1], pairs[1:]
         device = getattr(matcher, "device", torch.device("cpu"))
-        per_pair = bool(getattr(matcher, "pair_features", None)) and type(matcher).__name__ == "CPMMatcher"
+        per_pair = bool(getattr(matcher, "per_pair_features", False))
         bs = int(getattr(matcher, "batch_size", 0) or 1)
         matcher.predict(warm)  # loads models, compiles kernels
         reset = getattr(matcher, "reset_caches", lambda: None)

@@ -148,6 +148,7 @@ class CPMMatcher(SD4MatchMatcher):
     name = "cpm"
     description = "SD4Match-CPM: prompts conditioned on DINOv2 features of both images (per pair); t=50, ensemble 8"
     variant = "cpm"
+    per_pair_features = True
 
     def __init__(self, config=None):
         super().__init__(config)

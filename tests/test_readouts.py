@@ -76,3 +76,26 @@ def test_sample_at_bilinear_by_hand():
     pts = torch.tensor([[0.0, 0.0], [3.0, 2.0], [1.5, 0.5]])
     got = sample_at(feat, pts)[:, 0]
     torch.testing.assert_close(got, torch.tensor([0.0, 11.0, 0.5 * 4 + 1.5]))
+
+
+def test_upsampled_nn_equals_explicit_upsampling():
+    import torch.nn.functional as F
+
+    from benchmarks.dense import upsampled_nn, upsampled_sq_norm
+
+    torch.manual_seed(0)
+    fs, ft = torch.randn(32, 6, 7), torch.randn(32, 6, 7)
+    src_size, trg_size = (41, 23), (37, 29)
+    src_xy = torch.tensor([[3.2, 4.9], [40.0, 22.0], [17.5, 11.0]])
+    got = upsampled_nn(fs, ft, src_xy, src_size, trg_size)
+    got_cached = upsampled_nn(fs, ft, src_xy, src_size, trg_size, upsampled_sq_norm(ft, trg_size))
+    # the DIFT way: upsample both maps to their images, normalise per pixel, compare, argmax
+    up_s = F.normalize(F.interpolate(fs[None], size=(23, 41), mode="bilinear", align_corners=False)[0], dim=0)
+    up_t = F.normalize(F.interpolate(ft[None], size=(29, 37), mode="bilinear", align_corners=False)[0], dim=0)
+    px = src_xy.round().long()
+    vec = up_s[:, px[:, 1], px[:, 0]].T
+    cos = torch.einsum("nc,chw->nhw", vec, up_t)
+    idx = cos.reshape(3, -1).argmax(1)
+    expect = torch.stack([idx % 37, idx // 37], 1).float()
+    torch.testing.assert_close(got, expect)
+    torch.testing.assert_close(got_cached, expect)

@@ -94,6 +94,18 @@ def main() -> None:
         torch.cuda.synchronize()
     u = reps * n * unet_flops / (time.perf_counter() - t0) / 1e12
     print(f"UNet (batch {n}): {u:.0f} TFLOP/s")
+    comps.unet.to(memory_format=torch.channels_last)
+    sd.memory_format = torch.channels_last
+    with torch.no_grad():
+        sd.unet_features(noisy, tt, cc)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sd.unet_features(noisy, tt, cc)
+        torch.cuda.synchronize()
+    u_cl = reps * n * unet_flops / (time.perf_counter() - t0) / 1e12
+    print(f"UNet (batch {n}, channels_last): {u_cl:.0f} TFLOP/s")
+    channels_last = u_cl > u
 
     # the whole matchers on the GPU, through the profile command's code path
     sd.close()
@@ -101,7 +113,9 @@ def main() -> None:
     torch.cuda.empty_cache()
     from benchmarks.profile import profile
 
-    common = {"model_id": "random-sd21", "device": "cuda", "dtype": args.dtype, "batch_size": str(args.batch)}
+    common = {"model_id": "random-sd21", "device": "cuda", "dtype": args.dtype, "batch_size": str(args.batch),
+              "channels_last": "true" if channels_last else "false"}
+    print(f"matchers run with channels_last={channels_last}")
     print("--- DIFT (random-sd21) ---")
     print(profile("dift", None, common, args.pairs))
     torch.cuda.empty_cache()

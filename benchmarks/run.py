@@ -124,14 +124,28 @@ def dist_env() -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def prefetched(matcher, batches):
+    """Yield ``(batch, matcher.prefetch(batch))`` with the next batch read by a background thread,
+    so the accelerator does not wait on image decoding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not batches:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(matcher.prefetch, batches[0])
+        for k, batch in enumerate(batches):
+            data = future.result()
+            if k + 1 < len(batches):
+                future = pool.submit(matcher.prefetch, batches[k + 1])
+            yield batch, data
+
+
 def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, progress: bool, desc: str) -> None:
     """Predict the pairs of each (index, start, end) shard in ``todo`` and write each shard atomically.
 
     The next batch's images are read by a background thread while the current batch runs
     (``Matcher.prefetch``), so the accelerator does not wait on image decoding.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from loaders.atomic import write_parquet
 
     from . import predictions as P
@@ -148,25 +162,22 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
             batches.append((idx, [Pair(r, root) for r in rows[b:b + batch]]))
     parts: dict[int, list] = {}
     remaining = {idx: sum(1 for i, _ in batches if i == idx) for idx, _, _ in todo}
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(matcher.prefetch, batches[0][1]) if batches else None
-        for k, (idx, pairs) in enumerate(batches):
-            data = future.result()
-            if k + 1 < len(batches):
-                future = pool.submit(matcher.prefetch, batches[k + 1][1])
-            preds = matcher.predict_prefetched(pairs, data)
-            parts.setdefault(idx, []).append((pairs, preds))
-            remaining[idx] -= 1
-            if bar:
-                bar.update(len(pairs))
-            if remaining[idx] == 0:
-                tables = []
-                for readout in matcher.readouts:
-                    ids = [p.pair_id for ps, _ in parts[idx] for p in ps]
-                    arrs = [a for _, pr in parts[idx] for a in pr[readout]]
-                    tables.append(P.make_table(ids, readout, arrs))
-                write_parquet(pa.concat_tables(tables), shard_path(idx))
-                del parts[idx]
+    shard_of = [idx for idx, _ in batches]
+    for k, (pairs, data) in enumerate(prefetched(matcher, [b for _, b in batches])):
+        idx = shard_of[k]
+        preds = matcher.predict_prefetched(pairs, data)
+        parts.setdefault(idx, []).append((pairs, preds))
+        remaining[idx] -= 1
+        if bar:
+            bar.update(len(pairs))
+        if remaining[idx] == 0:
+            tables = []
+            for readout in matcher.readouts:
+                ids = [p.pair_id for ps, _ in parts[idx] for p in ps]
+                arrs = [a for _, pr in parts[idx] for a in pr[readout]]
+                tables.append(P.make_table(ids, readout, arrs))
+            write_parquet(pa.concat_tables(tables), shard_path(idx))
+            del parts[idx]
     if bar:
         bar.close()
 

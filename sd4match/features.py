@@ -37,7 +37,7 @@ class SDFeaturizer:
     """
 
     def __init__(self, components: SDComponents, up_block: int = 1, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
         n_up = len(components.unet.up_blocks)
         if not 0 <= up_block < n_up:
             raise ValueError(f"up_block must be in 0..{n_up - 1}, got {up_block}")
@@ -50,6 +50,10 @@ class SDFeaturizer:
         self.dtype = dtype
         for m in (components.vae, components.unet, components.text_encoder):
             m.to(self.device, dtype=dtype)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:  # NHWC convolutions: faster on tensor-core GPUs
+            components.vae.to(memory_format=self.memory_format)
+            components.unet.to(memory_format=self.memory_format)
         self._captured: torch.Tensor | None = None
         self._hook = components.unet.up_blocks[up_block].register_forward_hook(self._capture)
 
@@ -73,7 +77,8 @@ class SDFeaturizer:
     @torch.no_grad()
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """VAE posterior (mean, std) of ``(B, 3, S, S)`` images in [-1, 1]; unscaled latents."""
-        dist = self.c.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        x = images.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
+        dist = self.c.vae.encode(x).latent_dist
         return dist.mean, dist.std
 
     def _noise(self, keys: list[str], seed: int, shape: tuple, ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,6 +115,7 @@ class SDFeaturizer:
     def unet_features(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Output of ``up_blocks[up_block]`` (the forward stops there)."""
         self._captured = None
+        noisy = noisy.contiguous(memory_format=self.memory_format)
         try:
             self.c.unet(noisy, t, encoder_hidden_states=context)
         except _Stop:

@@ -89,18 +89,21 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def _scale_xy(xy: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    # Python scalars, not a new tensor: no host-to-device copy (and no GPU sync) per call
+    return torch.stack([xy[:, 0] * sx, xy[:, 1] * sy], dim=1)
+
+
 def to_grid(xy: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, int]) -> torch.Tensor:
     """Original pixels (x, y) of an image of ``size`` (W0, H0) -> grid coordinates on ``hw``."""
     (W0, H0), (h, w) = size, hw
-    scale = torch.tensor([S / W0 * (w - 1) / (S - 1), S / H0 * (h - 1) / (S - 1)], dtype=xy.dtype, device=xy.device)
-    return xy * scale
+    return _scale_xy(xy, S / W0 * (w - 1) / (S - 1), S / H0 * (h - 1) / (S - 1))
 
 
 def from_grid(g: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`to_grid`."""
     (W0, H0), (h, w) = size, hw
-    scale = torch.tensor([(S - 1) / (w - 1) * W0 / S, (S - 1) / (h - 1) * H0 / S], dtype=g.dtype, device=g.device)
-    return g * scale
+    return _scale_xy(g, (S - 1) / (w - 1) * W0 / S, (S - 1) / (h - 1) * H0 / S)
 
 
 def sample_at(feat: torch.Tensor, grid_xy: torch.Tensor) -> torch.Tensor:
@@ -363,12 +366,17 @@ class DenseMatcher(Matcher):
         cfg = self.config
         S = cfg.image_size
         out: dict[str, list[torch.Tensor]] = {r: [] for r in self._readouts}
-        counts = []
-        for p, (fs, ft) in zip(pairs, self.pair_features(pairs)):
-            src_xy = torch.as_tensor(p.src_kps, dtype=torch.float32).to(fs.device, non_blocking=True)
-            counts.append(len(src_xy))
-            if len(src_xy) == 0:
+        counts = [len(p.row["src_kps"]) for p in pairs]
+        # every source keypoint of the batch in one (pinned) host-to-device copy
+        flat = torch.from_numpy(np.concatenate([p.src_kps for p in pairs]).astype(np.float32)) if pairs else torch.zeros(0, 2)
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(self.device, non_blocking=True)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for k, (p, (fs, ft)) in enumerate(zip(pairs, self.pair_features(pairs))):
+            if counts[k] == 0:
                 continue
+            src_xy = flat[starts[k]:starts[k + 1]]
             hw = tuple(ft.shape[1:])
             grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]))
             sim = cosine_maps(sample_at(fs, grid_src), ft)

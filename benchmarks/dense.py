@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,6 +190,9 @@ class DenseMatcher(Matcher):
         self._recent: dict[tuple[str, str], torch.Tensor] = {}  # small in-memory cache across batches
         self._prefetched: dict[str, tuple[torch.Tensor, ImageInfo]] = {}
         self._norms: dict[tuple, torch.Tensor] = {}
+        self._decoded: dict[tuple, tuple[torch.Tensor, str, tuple[int, int]]] = {}
+        self._decoded_lock = threading.Lock()
+        self.decoded_cache_size = 256
         self._batch_size = int(cfg.batch_size) or None  # None: found on first use (batch_size 'auto' = 0)
         self.memory_cache_size = 64
 
@@ -207,7 +211,30 @@ class DenseMatcher(Matcher):
 
     # ------------------------------------------------------------------ images and cache
     def load_image(self, path: Path) -> tuple[torch.Tensor, str, tuple[int, int]]:
-        """Read, hash and resize one image -> ((3, S, S) in [0, 1], sha256, (W0, H0))."""
+        """Read, hash and resize one image -> ((3, S, S) in [0, 1], sha256, (W0, H0)).
+
+        Decoded images are kept (uint8) in a small LRU keyed by path, size and mtime: a dataset's
+        pairs reuse each image many times (SPair-71k: 12,234 pairs on 481 images).
+        """
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise MatcherError(f"{path}: image file is missing") from None
+        memo_key = (str(path), st.st_size, st.st_mtime_ns)
+        with self._decoded_lock:
+            hit = self._decoded.pop(memo_key, None)
+            if hit is not None:
+                self._decoded[memo_key] = hit  # most recently used
+        if hit is None:
+            hit = self._decode(path)
+            with self._decoded_lock:
+                self._decoded[memo_key] = hit
+                while len(self._decoded) > self.decoded_cache_size:
+                    self._decoded.pop(next(iter(self._decoded)))
+        arr, key, size = hit
+        return arr.float() / 255.0, key, size
+
+    def _decode(self, path: Path) -> tuple[torch.Tensor, str, tuple[int, int]]:
         from PIL import Image, UnidentifiedImageError
 
         try:
@@ -220,7 +247,7 @@ class DenseMatcher(Matcher):
                 rgb = im.convert("RGB").resize((self.config.image_size,) * 2, Image.BILINEAR)
         except (UnidentifiedImageError, OSError) as exc:
             raise MatcherError(f"{path}: cannot decode image ({exc})") from None
-        arr = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        arr = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
         return arr, hashlib.sha256(data).hexdigest(), size
 
     def _cache_path(self, info: ImageInfo, tag: str) -> Path | None:

@@ -157,14 +157,15 @@ def test_cli_bad_inputs(tmp_path, capsys, monkeypatch):
 
 
 def test_undecodable_image_in_matcher(tmp_path):
-    from benchmarks.dense import DenseMatcher
+    from benchmarks.matchers.patch import PatchMatcher
 
     p = tmp_path / "x.jpg"
     p.write_bytes(b"not an image")
-    m = DenseMatcher.__new__(DenseMatcher)
-    m.config = type("C", (), {"image_size": 8})()
+    m = PatchMatcher.from_settings("tiny")
     with pytest.raises(MatcherError, match="x.jpg: cannot decode image"):
-        DenseMatcher.load_image(m, p)
+        m.load_image(p)
+    with pytest.raises(MatcherError, match="y.jpg: image file is missing"):
+        m.load_image(tmp_path / "y.jpg")
 
 
 def test_cache_resume_and_identical_predictions(tmp_path):

@@ -25,6 +25,8 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=8)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--pairs", type=int, default=24, help="synthetic pairs for the matcher profiles")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="only time the truncated UNet eager against torch.compile'd blocks, then exit")
     args = p.parse_args()
     from benchmarks.dense import resolve_dtype
     from sd4match.features import SDFeaturizer
@@ -41,6 +43,10 @@ def main() -> None:
     print(f"built SD-2.1 architecture in {time.perf_counter() - t0:.1f} s")
 
     from torch.utils.flop_counter import FlopCounterMode
+
+    if args.compare_compile:
+        compare_compile(sd, comps, dev, dtype, args.batch * args.ensemble)
+        return
 
     img = torch.rand(1, 3, 768, 768, device=dev, dtype=dtype) * 2 - 1
     ctx = torch.randn(1, 77, 1024, device=dev, dtype=dtype)
@@ -121,6 +127,40 @@ def main() -> None:
     torch.cuda.empty_cache()
     print("--- SD4Match-CPM (random-sd21, DINOv2-base architecture) ---")
     print(profile("cpm", None, {**common, "dino_id": "random-base"}, args.pairs))
+
+
+def compare_compile(sd, comps, dev, dtype, n: int) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    noisy = torch.randn(n, 4, 96, 96, device=dev, dtype=dtype)
+    tt = torch.full((n,), 261, device=dev)
+    cc = torch.randn(n, 77, 1024, device=dev, dtype=dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        sd.unet_features(noisy[:1], tt[:1], cc[:1])
+    per = fc.get_total_flops()
+
+    def rate(reps=5):
+        with torch.no_grad():
+            sd.unet_features(noisy, tt, cc)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                sd.unet_features(noisy, tt, cc)
+            torch.cuda.synchronize()
+        return reps * n * per / (time.perf_counter() - t0) / 1e12
+
+    eager = rate()
+    print(f"UNet eager (batch {n}): {eager:.0f} TFLOP/s")
+    unet = comps.unet
+    t0 = time.perf_counter()
+    for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks[:2]]:
+        block.compile()
+    with torch.no_grad():
+        sd.unet_features(noisy, tt, cc)
+    torch.cuda.synchronize()
+    print(f"compiled in {time.perf_counter() - t0:.0f} s")
+    comp = rate()
+    print(f"UNet compiled (batch {n}): {comp:.0f} TFLOP/s ({comp / eager:.2f}x eager)")
 
 
 if __name__ == "__main__":

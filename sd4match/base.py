@@ -21,13 +21,15 @@ from .models import default_model_id, load_components
 class SDConfig(DenseConfig):
     """model_id: hub id, local folder, ``tiny`` or ``random-sd21``; t: noise timestep;
     up_block: UNet up block whose output is the feature; ensemble: noise draws averaged;
-    channels_last: NHWC memory format for the VAE and UNet (a speed option for GPUs)."""
+    channels_last: NHWC memory format for the VAE and UNet (a speed option for GPUs);
+    compile: ``torch.compile`` the UNet blocks that run (first batch pays the compilation)."""
 
     model_id: str = field(default_factory=default_model_id)
     t: int = 261
     up_block: int = 1
     ensemble: int = 8
     channels_last: bool = False
+    compile: bool = False
 
 
 class SDMatcherBase(DenseMatcher):
@@ -47,7 +49,8 @@ class SDMatcherBase(DenseMatcher):
     def sd(self) -> SDFeaturizer:
         if self._sd is None:  # loaded on first use: a fully cached run never loads the model
             comps = load_components(self.config.model_id, seed=self.config.seed)
-            self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype, self.config.channels_last)
+            self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype, self.config.channels_last,
+                                    self.config.compile)
         return self._sd
 
     def posterior(self, images: torch.Tensor, infos: list[ImageInfo]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,7 +37,7 @@ class SDFeaturizer:
     """
 
     def __init__(self, components: SDComponents, up_block: int = 1, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False, compile: bool = False):
         n_up = len(components.unet.up_blocks)
         if not 0 <= up_block < n_up:
             raise ValueError(f"up_block must be in 0..{n_up - 1}, got {up_block}")
@@ -54,6 +54,11 @@ class SDFeaturizer:
         if channels_last:  # NHWC convolutions: faster on tensor-core GPUs
             components.vae.to(memory_format=self.memory_format)
             components.unet.to(memory_format=self.memory_format)
+        if compile:  # torch.compile each UNet block that runs (diffusers' modules, compiled in place)
+            unet = components.unet
+            for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks[: up_block + 1]]:
+                if block is not None:
+                    block.compile()
         self._captured: torch.Tensor | None = None
         self._hook = components.unet.up_blocks[up_block].register_forward_hook(self._capture)
 

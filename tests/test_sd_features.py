@@ -195,3 +195,15 @@ def test_bad_settings():
     d = DiftMatcher.Config()
     assert (d.t, d.up_block, d.ensemble, d.image_size) == (261, 1, 8, 768)
     assert np.isclose(d.temperature, 0.04)
+
+
+def test_compiled_unet_blocks_match_eager():
+    """``--set compile=true``: the truncated UNet under torch.compile gives the eager features."""
+    eager = SDFeaturizer(load_components("tiny", seed=0))
+    compiled = SDFeaturizer(load_components("tiny", seed=0), compile=True)
+    torch.manual_seed(0)
+    noisy, t = torch.randn(2, 4, 32, 32), torch.tensor([261, 261])
+    ctx = eager.encode_text(["a photo of a cat", "a photo of a dog"])
+    ref = eager.unet_features(noisy, t, ctx)
+    out = compiled.unet_features(noisy, t, ctx)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)

@@ -90,26 +90,11 @@ def main() -> None:
     noisy = torch.randn(n, 4, 96, 96, device=dev, dtype=dtype)
     tt = torch.full((n,), 261, device=dev)
     cc = ctx.expand(n, -1, -1)
-    with torch.no_grad():
-        sd.unet_features(noisy, tt, cc)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        reps = 5
-        for _ in range(reps):
-            sd.unet_features(noisy, tt, cc)
-        torch.cuda.synchronize()
-    u = reps * n * unet_flops / (time.perf_counter() - t0) / 1e12
+    u = unet_rate(sd, noisy, tt, cc, unet_flops)
     print(f"UNet (batch {n}): {u:.0f} TFLOP/s")
     comps.unet.to(memory_format=torch.channels_last)
     sd.memory_format = torch.channels_last
-    with torch.no_grad():
-        sd.unet_features(noisy, tt, cc)
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            sd.unet_features(noisy, tt, cc)
-        torch.cuda.synchronize()
-    u_cl = reps * n * unet_flops / (time.perf_counter() - t0) / 1e12
+    u_cl = unet_rate(sd, noisy, tt, cc, unet_flops)
     print(f"UNet (batch {n}, channels_last): {u_cl:.0f} TFLOP/s")
     channels_last = u_cl > u
 
@@ -129,6 +114,18 @@ def main() -> None:
     print(profile("cpm", None, {**common, "dino_id": "random-base"}, args.pairs))
 
 
+def unet_rate(sd, noisy, tt, cc, flops_per_latent: float, reps: int = 5) -> float:
+    """TFLOP/s of the truncated UNet on one batch (one warm-up call, then ``reps`` timed calls)."""
+    with torch.no_grad():
+        sd.unet_features(noisy, tt, cc)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            sd.unet_features(noisy, tt, cc)
+        torch.cuda.synchronize()
+    return reps * noisy.shape[0] * flops_per_latent / (time.perf_counter() - t0) / 1e12
+
+
 def compare_compile(sd, comps, dev, dtype, n: int) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -139,17 +136,7 @@ def compare_compile(sd, comps, dev, dtype, n: int) -> None:
         sd.unet_features(noisy[:1], tt[:1], cc[:1])
     per = fc.get_total_flops()
 
-    def rate(reps=5):
-        with torch.no_grad():
-            sd.unet_features(noisy, tt, cc)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                sd.unet_features(noisy, tt, cc)
-            torch.cuda.synchronize()
-        return reps * n * per / (time.perf_counter() - t0) / 1e12
-
-    eager = rate()
+    eager = unet_rate(sd, noisy, tt, cc, per)
     print(f"UNet eager (batch {n}): {eager:.0f} TFLOP/s")
     unet = comps.unet
     t0 = time.perf_counter()
@@ -159,7 +146,7 @@ def compare_compile(sd, comps, dev, dtype, n: int) -> None:
         sd.unet_features(noisy, tt, cc)
     torch.cuda.synchronize()
     print(f"compiled in {time.perf_counter() - t0:.0f} s")
-    comp = rate()
+    comp = unet_rate(sd, noisy, tt, cc, per)
     print(f"UNet compiled (batch {n}): {comp:.0f} TFLOP/s ({comp / eager:.2f}x eager)")
 
 

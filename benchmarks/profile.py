@@ -140,7 +140,7 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
 def main(argv: list[str] | None = None) -> int:
     from loaders import DatasetError
 
-    from .matchers.base import ConfigError, MatcherError
+    from .matchers.base import ConfigError, MatcherError, parse_settings
     from .registry import UnknownMatcher
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.splitlines()[0])
@@ -152,15 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", type=int, default=8, help="synthetic pairs timed (default 8)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
-    overrides = {k: v for k in ("device", "dtype", "batch_size") if (v := getattr(args, k)) is not None}
-    if overrides.get("batch_size") == "auto":
-        overrides["batch_size"] = "0"
     try:
-        for item in args.set:
-            if "=" not in item:
-                raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-            k, v = item.split("=", 1)
-            overrides[k.strip()] = v
+        overrides = parse_settings({k: getattr(args, k) for k in ("device", "dtype", "batch_size")}, args.set)
+        if overrides.get("batch_size") == "auto":
+            overrides["batch_size"] = "0"
         if not 1 <= args.pairs <= 30:
             raise ConfigError("--pairs must be in 1..30 (features of all timed pairs are kept in memory)")
         print(profile(args.matcher, args.preset, overrides, args.pairs))

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .matchers.base import ConfigError, MatcherError, Pair, config_hash
+from .matchers.base import ConfigError, MatcherError, Pair, config_hash, parse_settings
 
 #: CLI flags that map onto matcher settings of the same name (when the matcher has them)
 SETTING_FLAGS = ("model_id", "device", "dtype", "batch_size", "seed", "cache_dir", "readout", "checkpoint")
@@ -93,17 +93,7 @@ def list_matchers() -> str:
 
 
 def _overrides(args) -> dict:
-    out = {}
-    for flag in SETTING_FLAGS:
-        v = getattr(args, flag)
-        if v is not None:
-            out[flag] = v
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v
-    return out
+    return parse_settings({flag: getattr(args, flag) for flag in SETTING_FLAGS}, args.set)
 
 
 def _chunks(n: int, size: int):

@@ -108,12 +108,13 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
     dlog.set_verbosity_error()
     tlog.set_verbosity_error()
     try:
+        loaded = None
         if source == model_id:  # a hub id: use the local HF cache if it has it, else check the hub answers
             try:
-                _load_all(source, local_files_only=True)
+                loaded = _load_all(source, local_files_only=True)
             except Exception:
                 _probe_hub(model_id)
-        vae, unet, text, tok, sched = _load_all(source)
+        vae, unet, text, tok, sched = loaded or _load_all(source)
     except MatcherError:
         raise
     except Exception as exc:  # hub, network and file errors come in many types

@@ -435,22 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> TrainConfig:
-    from benchmarks.matchers.base import config_from
+    from benchmarks.matchers.base import config_from, parse_settings
 
     base = {}
     if args.preset:
         if args.preset not in PRESETS:
             raise TrainError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
         base.update(PRESETS[args.preset])
-    for flag in ("device", "dtype", "batch_size", "max_steps", "epochs", "seed", "model_id", "dino_id", "val_limit"):
-        v = getattr(args, flag)
-        if v is not None:
-            base[flag] = v
-    for item in args.set:
-        if "=" not in item:
-            raise TrainError(f"--set expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        base[k.strip()] = v
+    flags = ("device", "dtype", "batch_size", "max_steps", "epochs", "seed", "model_id", "dino_id", "val_limit")
+    base.update(parse_settings({f: getattr(args, f) for f in flags}, args.set))
     base.update(variant=args.variant, dataset=args.dataset, data_root=str(args.data_root), split=args.split)
     cfg = config_from(TrainConfig, base, "sd4match.train")
     if cfg.batch_size < 1 or cfg.max_steps < 0 or cfg.epochs < 0:

@@ -55,6 +55,17 @@ def config_from(cls: type, overrides: dict[str, Any], owner: str) -> Any:
         raise ConfigError(f"{owner}: {exc}") from None
 
 
+def parse_settings(flags: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Settings from command-line flags (``None`` = not given) plus ``--set KEY=VALUE`` items."""
+    out = {k: v for k, v in flags.items() if v is not None}
+    for item in sets:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
 def config_hash(name: str, config: Any) -> str:
     """Short stable hash of a matcher name and its resolved config (a dataclass or a dict)."""
     cfg = config if isinstance(config, dict) else dataclasses.asdict(config)

@@ -131,17 +131,24 @@ def plots(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
 
     written = []
     d = df[df["category"] == "all"]
-    fig, ax = plt.subplots(figsize=(11, 5))
-    for key, g in d.groupby(KEY, sort=True):
-        r = dict(zip(KEY, key))
-        g = g.sort_values("alpha")
-        style = "--o" if r["kind"] == "reported" else "-o"
-        ax.plot(g["alpha"], g["pck"] * 100, style, label=_label(r))
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("PCK (%)")
-    ax.set_title(f"{dataset}: PCK against alpha (category all)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    protos = sorted(set(zip(d["protocol"], d["frame"], d["threshold"])))
+    n_lines = max(len(list(g.groupby(KEY))) for _, g in d.groupby(["protocol", "frame", "threshold"], sort=True))
+    fig, axes = plt.subplots(1, len(protos), figsize=(5.5 * len(protos), 4 + 0.18 * n_lines), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
+    for ax, (proto, frame, threshold) in zip(axes[0], protos):
+        sub = d[(d["protocol"] == proto) & (d["frame"] == frame) & (d["threshold"] == threshold)]
+        for i, (key, g) in enumerate(sub.groupby(KEY, sort=True)):
+            r = dict(zip(KEY, key))
+            g = g.sort_values("alpha")
+            tag = " (reported)" if r["kind"] == "reported" else ""
+            ax.plot(g["alpha"], g["pck"] * 100, "--o" if tag else "-o", color=colors[i % len(colors)],
+                    label=f"{r['method']}{tag} {r['aggregate']}/{r['readout']}")
+        ax.set_title(f"{proto}: frame {frame}, T = {threshold}", fontsize=9)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("PCK (%), category all")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
+    fig.suptitle(f"{dataset}: PCK against alpha")
     fig.tight_layout()
     path = out / f"{dataset}-pck-vs-alpha.png"
     _savefig(fig, path)

@@ -88,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "download":
             from .download import download
 
+            from .download import NOTES
+
             for name in download(args.dataset, args.root):
                 print(f"unpacked {name} into {args.root}")
+            if args.dataset in NOTES:
+                print(f"note: {NOTES[args.dataset]}")
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -17,10 +17,7 @@ from .errors import DatasetError
 
 URLS = {
     "spair-71k": ["http://cvlab.postech.ac.kr/research/SPair/data/SPair-71k.tar.gz"],
-    "pf-pascal": [
-        "https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset-PASCAL.zip",
-        "https://www.di.ens.fr/willow/research/cnngeometric/other_resources/pf-pascal-image-pairs.zip",
-    ],
+    "pf-pascal": ["https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset-PASCAL.zip"],
     "pf-willow": ["https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset.zip"],
 }
 
@@ -37,6 +34,13 @@ def _extract(archive: Path, dest: Path) -> None:
             tf.extractall(dest, filter="data")
     else:
         raise DatasetError(f"{archive}: downloaded file is neither a zip nor a tar archive")
+
+
+#: what the archives do not contain
+NOTES = {
+    "pf-pascal": "the train/val/test pair lists are distributed separately (the NC-Net lists, "
+                 "image_pairs/{train,val,test}_pairs.csv); put them in ROOT/image_pairs/",
+}
 
 
 def download(dataset: str, root: str | Path, timeout: float = 30.0) -> list[Path]:

@@ -86,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.dataset} at {args.root}: {len(checks) - failed} checks passed, {failed} failed")
             return 1 if failed else 0
         elif args.command == "download":
-            from .download import download
-
-            from .download import NOTES
+            from .download import NOTES, download
 
             for name in download(args.dataset, args.root):
                 print(f"unpacked {name} into {args.root}")

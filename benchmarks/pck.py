@@ -1,6 +1,6 @@
 """PCK math: vectorised numpy over the pair table's Arrow columns.
 
-Keypoints of all pairs are flattened into one ``(K, 2)`` array with a ``pair_index`` of length K;
+Keypoints of all pairs are flattened into one ``(K, 2)`` array with pair offsets ``(P + 1,)``;
 every per-pair quantity is an array of length P. No Python loop runs over pairs or keypoints.
 """
 
@@ -97,10 +97,6 @@ class PairArrays:
     kps_ids: np.ndarray  # (K,)
     levels: dict[str, np.ndarray]  # breakdown column -> (P,) int (-1 where null)
     keep: np.ndarray  # (P_table,) bool: rows of the table kept
-
-    @property
-    def pair_index(self) -> np.ndarray:
-        return np.repeat(np.arange(len(self.pair_id)), np.diff(self.offsets))
 
     @classmethod
     def from_table(cls, table: pa.Table) -> PairArrays:

@@ -8,7 +8,7 @@ from pathlib import Path
 from .errors import DatasetError
 
 
-def image_size(path: Path, root: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
     """(width, height) read from the image header; the pixels are not decoded."""
     from PIL import Image, UnidentifiedImageError
 

@@ -109,7 +109,7 @@ def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
 
     def size_of(rel: str) -> tuple[int, int]:
         if rel not in sizes:
-            sizes[rel] = image_size(root / rel, root)
+            sizes[rel] = image_size(root / rel)
         return sizes[rel]
 
     def mat_of(p: Path, required: bool):

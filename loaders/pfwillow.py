@@ -121,7 +121,7 @@ def load(root: str | os.PathLike, split: str = "test") -> schema.pa.Table:
     for sub, s, t, s_kps, t_kps in pairs:
         for rel in (s, t):
             if rel not in sizes:
-                sizes[rel] = image_size(root / rel, root)
+                sizes[rel] = image_size(root / rel)
         if s_kps is None:
             for rel in (s, t):
                 if rel not in kps_cache:

@@ -81,7 +81,7 @@ def verify(dataset: str, root: str | os.PathLike, layout: str | None = None, ima
             bad = []
             for rel in rels:
                 try:
-                    image_size(root / rel, root)
+                    image_size(root / rel)
                 except DatasetError as exc:
                     bad.append(str(exc))
             detail = f"{len(rels)} images readable" if not bad else f"{len(bad)} of {len(rels)} bad, first: {bad[0]}"

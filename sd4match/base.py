@@ -32,6 +32,51 @@ class SDConfig(DenseConfig):
     compile: bool = False
 
 
+class ImageStore:
+    """Per-image tensors computed once: kept in memory and, with a cache folder, on disk under
+    ``cache_dir/<kind>/<hash of the settings that change them>/<image key>.pt``."""
+
+    def __init__(self, cache_dir: str, kind: str, settings: list, device, limit: int | None = None):
+        blob = json.dumps(settings)
+        self.dir = Path(cache_dir) / kind / hashlib.sha256(blob.encode()).hexdigest()[:12] if cache_dir else None
+        self.device = device
+        self.limit = limit
+        self.mem: dict[str, object] = {}
+
+    def get(self, infos: list[ImageInfo], compute) -> list:
+        """Values for ``infos``; ``compute(positions)`` returns the values of the positions missing."""
+        from loaders.atomic import atomic_path
+
+        missing, seen = [], set()
+        for i, info in enumerate(infos):
+            if info.key in self.mem or info.key in seen:
+                continue
+            path = self.dir / f"{info.key[:32]}.pt" if self.dir else None
+            if path is not None and path.is_file():
+                try:
+                    self.mem[info.key] = torch.load(path, map_location=self.device, weights_only=True)
+                    continue
+                except Exception:
+                    pass  # a damaged cache file is recomputed
+            seen.add(info.key)
+            missing.append(i)
+        if missing:
+            for i, value in zip(missing, compute(missing)):
+                self.mem[infos[i].key] = value
+                if self.dir is not None:
+                    on_cpu = tuple(v.cpu().clone() for v in value) if isinstance(value, tuple) else value.cpu().clone()
+                    with atomic_path(self.dir / f"{infos[i].key[:32]}.pt", suffix=".pt") as tmp:
+                        torch.save(on_cpu, tmp)
+        values = [self.mem[i.key] for i in infos]
+        if self.limit is not None and len(self.mem) > 2 * self.limit:
+            for k in list(self.mem)[: len(self.mem) - self.limit]:
+                del self.mem[k]
+        return values
+
+    def clear(self) -> None:
+        self.mem.clear()
+
+
 class SDMatcherBase(DenseMatcher):
     Config = SDConfig
 
@@ -41,9 +86,8 @@ class SDMatcherBase(DenseMatcher):
         if cfg.ensemble < 1 or cfg.t < 0:
             raise ConfigError(f"ensemble must be >= 1 and t >= 0, got ensemble={cfg.ensemble}, t={cfg.t}")
         self._sd: SDFeaturizer | None = None
-        self._posteriors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        blob = json.dumps([cfg.model_id, cfg.image_size, cfg.dtype, cfg.device.split(":")[0]])
-        self._vae_dir = Path(cfg.cache_dir) / "vae" / hashlib.sha256(blob.encode()).hexdigest()[:12] if cfg.cache_dir else None
+        self._posteriors = ImageStore(cfg.cache_dir, "vae", [cfg.model_id, cfg.image_size, cfg.dtype, cfg.device.split(":")[0]],
+                                      self.device, limit=2 * self.memory_cache_size)
 
     @property
     def sd(self) -> SDFeaturizer:
@@ -55,31 +99,14 @@ class SDMatcherBase(DenseMatcher):
 
     def posterior(self, images: torch.Tensor, infos: list[ImageInfo]) -> tuple[torch.Tensor, torch.Tensor]:
         """VAE posterior (mean, std) per image, computed once per image and cached."""
-        from loaders.atomic import atomic_path
 
-        todo = [i for i, info in enumerate(infos) if info.key not in self._posteriors]
-        for i in list(todo):
-            path = self._vae_dir / f"{infos[i].key[:32]}.pt" if self._vae_dir else None
-            if path is not None and path.is_file():
-                try:
-                    m, s = torch.load(path, map_location=self.device, weights_only=True)
-                    self._posteriors[infos[i].key] = (m, s)
-                    todo.remove(i)
-                except Exception:
-                    pass
-        if todo:
-            x = (images[todo] * 2 - 1).to(self.device, self.dtype)
-            mean, std = self.sd.posterior(x)
-            for j, i in enumerate(todo):
-                self._posteriors[infos[i].key] = (mean[j], std[j])
-                if self._vae_dir is not None:
-                    with atomic_path(self._vae_dir / f"{infos[i].key[:32]}.pt", suffix=".pt") as tmp:
-                        torch.save((mean[j].cpu().clone(), std[j].cpu().clone()), tmp)
-        if len(self._posteriors) > 4 * self.memory_cache_size:
-            for k in list(self._posteriors)[: len(self._posteriors) - 2 * self.memory_cache_size]:
-                del self._posteriors[k]
-        mean = torch.stack([self._posteriors[i.key][0] for i in infos]).to(self.device, self.dtype)
-        std = torch.stack([self._posteriors[i.key][1] for i in infos]).to(self.device, self.dtype)
+        def compute(positions):
+            mean, std = self.sd.posterior((images[positions] * 2 - 1).to(self.device, self.dtype))
+            return [(mean[j], std[j]) for j in range(len(positions))]
+
+        values = self._posteriors.get(infos, compute)
+        mean = torch.stack([m for m, _ in values]).to(self.device, self.dtype)
+        std = torch.stack([s for _, s in values]).to(self.device, self.dtype)
         return mean, std
 
     def sd_features(self, images: torch.Tensor, infos: list[ImageInfo], context: torch.Tensor, keys: list[str]) -> torch.Tensor:

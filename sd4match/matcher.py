@@ -17,7 +17,7 @@ import torch
 from benchmarks.matchers.base import ConfigError, MatcherError
 
 from . import checkpoint as ckpt
-from .base import SDConfig, SDMatcherBase
+from .base import ImageStore, SDConfig, SDMatcherBase
 from .dino import default_dino_id, dims, load_dino, patch_tokens, preprocess
 from .prompts import PromptEncoder, build_prompt
 
@@ -152,14 +152,8 @@ class CPMMatcher(SD4MatchMatcher):
 
     def __init__(self, config=None):
         super().__init__(config)
-        self._tokens: dict[str, torch.Tensor] = {}
         cfg = self.config
-        import json
-
-        blob = json.dumps([cfg.dino_id, cfg.device.split(":")[0]])
-        from pathlib import Path
-
-        self._dino_dir = Path(cfg.cache_dir) / "dino" / hashlib.sha256(blob.encode()).hexdigest()[:12] if cfg.cache_dir else None
+        self._tokens = ImageStore(cfg.cache_dir, "dino", [cfg.dino_id, cfg.device.split(":")[0]], self.device)
 
     def reset_caches(self) -> None:
         super().reset_caches()
@@ -169,33 +163,16 @@ class CPMMatcher(SD4MatchMatcher):
         """DINOv2 patch tokens per image, computed once and cached (memory and disk)."""
         from PIL import Image
 
-        from loaders.atomic import atomic_path
-
         model, spec = self.dino
-        missing = []
-        for info in infos:
-            if info.key in self._tokens:
-                continue
-            path = self._dino_dir / f"{info.key[:32]}.pt" if self._dino_dir else None
-            if path is not None and path.is_file():
-                try:
-                    self._tokens[info.key] = torch.load(path, map_location=self.device, weights_only=True)
-                    continue
-                except Exception:
-                    pass
-            missing.append(info)
-        if missing:
+
+        def compute(positions):
             pix = []
-            for info in missing:
-                with Image.open(info.path) as im:
+            for i in positions:
+                with Image.open(infos[i].path) as im:
                     pix.append(preprocess(im, spec))
-            toks = patch_tokens(model, torch.stack(pix))
-            for info, t in zip(missing, toks):
-                self._tokens[info.key] = t
-                if self._dino_dir is not None:
-                    with atomic_path(self._dino_dir / f"{info.key[:32]}.pt", suffix=".pt") as tmp:
-                        torch.save(t.cpu().clone(), tmp)
-        return torch.stack([self._tokens[i.key] for i in infos])
+            return list(patch_tokens(model, torch.stack(pix)))
+
+        return torch.stack(self._tokens.get(infos, compute))
 
     @torch.no_grad()
     def pair_context(self, src_infos, trg_infos) -> torch.Tensor:

@@ -13,6 +13,7 @@ x_g = x_in * (w - 1) / (S - 1) on a w-cell feature map; predictions go back the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -168,6 +169,9 @@ class DenseMatcher(Matcher):
     needs_images = True
     #: True when a pair's features depend on both images (CPM): nothing is shared between pairs
     per_pair_features = False
+    #: True: :meth:`extract` gets a list of ``(3, S, S)`` host tensors and uploads what it needs itself
+    #: (matchers that cache per-image work, so that a cached image costs no host-to-device copy)
+    host_images = False
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -287,11 +291,11 @@ class DenseMatcher(Matcher):
         return out
 
     def predict_prefetched(self, pairs, data):
-        self._prefetched = data or {}
-        try:
-            return self.predict(pairs)
-        finally:
-            self._prefetched = {}
+        return self.submit(pairs, data)()
+
+    def eager(self):
+        """Context in which compiled parts run eagerly (FLOP counting); nothing to do by default."""
+        return contextlib.nullcontext()
 
     def probe(self, batch: int) -> None:
         """Run one forward pass on ``batch`` random images (used to find the batch size that fits)."""
@@ -355,7 +359,13 @@ class DenseMatcher(Matcher):
         bs = self.batch_size if todo else 1
         for b in range(0, len(todo), bs):
             chunk = todo[b:b + bs]
-            batch = torch.stack([items[i][0] for i in chunk]).to(self.device, non_blocking=True)
+            if self.host_images:  # the matcher uploads what it needs (see ``host_images``)
+                batch = [items[i][0] for i in chunk]
+            else:
+                batch = torch.stack([items[i][0] for i in chunk])
+                if self.device.type == "cuda":
+                    batch = batch.pin_memory()
+                batch = batch.to(self.device, non_blocking=True)
             try:
                 out = compute(batch, [items[i][1] for i in chunk], chunk)
             except torch.cuda.OutOfMemoryError:
@@ -387,9 +397,21 @@ class DenseMatcher(Matcher):
         return [(feats[p.row["src_image"]], feats[p.row["trg_image"]]) for p in pairs]
 
     # ------------------------------------------------------------------ matching
-    @torch.no_grad()
     def predict(self, pairs):
-        pairs = list(pairs)
+        return self.submit(pairs)()
+
+    @torch.no_grad()
+    def submit(self, pairs, data=None):
+        """Queue the work of ``pairs`` on the device and return ``finish()``, which waits for it and
+        returns the predictions (as :meth:`predict`). On a GPU nothing here waits for the device,
+        so the next batch can be queued before this one's results are read back."""
+        self._prefetched = data or {}
+        try:
+            return self._submit(list(pairs))
+        finally:
+            self._prefetched = {}
+
+    def _submit(self, pairs):
         cfg = self.config
         S = cfg.image_size
         out: dict[str, list[torch.Tensor]] = {r: [] for r in self._readouts}
@@ -422,12 +444,24 @@ class DenseMatcher(Matcher):
                     g = R.apply(r, sim, temperature=cfg.temperature, sigma=cfg.kernel_sigma, radius=cfg.window_radius)
                     pred = from_grid(g, p.trg_size, S, hw)
                 out[r].append(pred.float())
-        # one device-to-host transfer per batch: no synchronisation inside the pair loop
-        result = {}
-        for r, preds in out.items():
-            flat = torch.cat(preds).double().cpu().numpy() if preds else np.zeros((0, 2))
-            result[r] = np.split(flat, np.cumsum(counts)[:-1]) if counts else []
-        return result
+        # one device-to-host transfer per readout and batch, not waited for here
+        host = {r: torch.cat(preds).to("cpu", non_blocking=True) if preds else torch.zeros((0, 2))
+                for r, preds in out.items()}
+        done = None
+        if self.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()
+
+        def finish() -> dict[str, list[np.ndarray]]:
+            if done is not None:
+                done.synchronize()
+            result = {}
+            for r, flat in host.items():
+                arr = flat.double().numpy()
+                result[r] = np.split(arr, np.cumsum(counts)[:-1]) if counts else []
+            return result
+
+        return finish
 
     def cache_tag_of_row(self, row: dict) -> str:
         """What besides the image the per-image features depend on (the category, for prompts)."""

@@ -13,6 +13,7 @@ the device's dense peak for the dtype, and the projected time for the full SPair
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import time
@@ -79,21 +80,22 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         matcher.predict(warm)  # loads models, compiles kernels
         reset = getattr(matcher, "reset_caches", lambda: None)
         reset()
-        with FlopCounterMode(display=False) as fc:
+        eager = getattr(matcher, "eager", contextlib.nullcontext)
+        with eager(), FlopCounterMode(display=False) as fc:  # counted eagerly, without batch padding
             matcher.predict(warm)
         flops_pair = fc.get_total_flops()
         reset()
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        from .run import prefetched
+        from .run import pipelined
 
         batches = [pairs[b:b + bs] for b in range(0, len(pairs), bs)]
 
-        def timed() -> float:  # as benchmarks.run does it: the next batch's images read in the background
+        def timed() -> float:  # as benchmarks.run does it: images read ahead, batches queued ahead
             t0 = time.perf_counter()
-            for batch, data in prefetched(matcher, batches):
-                matcher.predict_prefetched(batch, data)
+            for _ in pipelined(matcher, [(None, b) for b in batches]):
+                pass
             _sync(device)
             return time.perf_counter() - t0
 
@@ -102,7 +104,13 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
 
         if isinstance(matcher, DenseMatcher):
             DenseMatcher.reset_caches(matcher)  # forget features only: VAE posteriors / DINOv2 tokens stay
+        sd = getattr(matcher, "_sd", None)  # Stable Diffusion matchers: time the UNet calls on the GPU
+        if sd is not None and device.type == "cuda":
+            sd.events = []
         shared = timed()  # UNet + readouts, per-image work (VAE, DINOv2) cached as in a real run
+        busy = None
+        if sd is not None and sd.events is not None:
+            busy, sd.events = sd.busy_seconds(), None
         warm_t = timed()  # features in memory: readouts only
         n_img = len({p.row["src_image"] for p in pairs} | {p.row["trg_image"] for p in pairs})
         feat_t = max(cold - warm_t, 1e-9)
@@ -129,6 +137,9 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
                      f"({len(pairs) / shared:.2f} with per-image work cached), readouts {len(pairs) / warm_t:.1f} pairs/s")
         frac = f"{achieved / peak:.1%}" if peak else "n/a"
         lines.append(f"achieved: {achieved / 1e12:.3f} TFLOP/s = {frac} of peak")
+        if busy is not None:
+            lines.append(f"UNet busy {busy:.2f} s of {shared:.2f} s wall with per-image work cached "
+                         f"({busy / shared:.0%}); the rest is readouts, prompts and waiting")
         if device.type == "cuda":
             lines.append(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
         lines.append(f"projected SPair-71k test split ({SPAIR_TEST_PAIRS} pairs, {SPAIR_TEST_IMAGES} images): "

@@ -130,6 +130,20 @@ def prefetched(matcher, batches):
             yield batch, data
 
 
+def pipelined(matcher, batches):
+    """Yield ``((item, pairs), predictions)`` for ``(item, pairs)`` in ``batches``, in order: images read one
+    batch ahead in the background (:func:`prefetched`), and each batch submitted to the matcher
+    before the previous one's results are collected, so the device never waits on the host."""
+    pending = None
+    for (item, _pairs), (pairs, data) in zip(batches, prefetched(matcher, [b for _, b in batches])):
+        finish = matcher.submit(pairs, data)
+        if pending is not None:
+            yield pending[0], pending[1]()
+        pending = ((item, pairs), finish)
+    if pending is not None:
+        yield pending[0], pending[1]()
+
+
 def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, progress: bool, desc: str) -> None:
     """Predict the pairs of each (index, start, end) shard in ``todo`` and write each shard atomically.
 
@@ -152,10 +166,7 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
             batches.append((idx, [Pair(r, root) for r in rows[b:b + batch]]))
     parts: dict[int, list] = {}
     remaining = {idx: sum(1 for i, _ in batches if i == idx) for idx, _, _ in todo}
-    shard_of = [idx for idx, _ in batches]
-    for k, (pairs, data) in enumerate(prefetched(matcher, [b for _, b in batches])):
-        idx = shard_of[k]
-        preds = matcher.predict_prefetched(pairs, data)
+    for (idx, pairs), preds in pipelined(matcher, batches):
         parts.setdefault(idx, []).append((pairs, preds))
         remaining[idx] -= 1
         if bar:

@@ -13,7 +13,7 @@ import torch
 from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
 from benchmarks.matchers.base import ConfigError
 
-from .features import SDFeaturizer
+from .features import ATTENTION, SDFeaturizer
 from .models import default_model_id, load_components
 
 
@@ -22,7 +22,10 @@ class SDConfig(DenseConfig):
     """model_id: hub id, local folder, ``tiny`` or ``random-sd21``; t: noise timestep;
     up_block: UNet up block whose output is the feature; ensemble: noise draws averaged;
     channels_last: NHWC memory format for the VAE and UNet (a speed option for GPUs);
-    compile: ``torch.compile`` the UNet blocks that run (first batch pays the compilation)."""
+    compile: ``torch.compile`` the UNet blocks that run (the first batch pays the compilation; batches
+    are padded to the batch size so that one static-shape graph serves the whole run);
+    attention: scaled-dot-product-attention backend (``auto``: PyTorch's choice; or ``flash``,
+    ``efficient``, ``cudnn``, ``math``)."""
 
     model_id: str = field(default_factory=default_model_id)
     t: int = 261
@@ -30,6 +33,7 @@ class SDConfig(DenseConfig):
     ensemble: int = 8
     channels_last: bool = False
     compile: bool = False
+    attention: str = "auto"
 
 
 class ImageStore:
@@ -79,12 +83,16 @@ class ImageStore:
 
 class SDMatcherBase(DenseMatcher):
     Config = SDConfig
+    #: images stay on the host until a VAE posterior is missing: a cached posterior needs no upload
+    host_images = True
 
     def __init__(self, config=None):
         super().__init__(config)
         cfg = self.config
         if cfg.ensemble < 1 or cfg.t < 0:
             raise ConfigError(f"ensemble must be >= 1 and t >= 0, got ensemble={cfg.ensemble}, t={cfg.t}")
+        if cfg.attention not in ATTENTION:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTION)}, got {cfg.attention!r}")
         self._sd: SDFeaturizer | None = None
         self._posteriors = ImageStore(cfg.cache_dir, "vae", [cfg.model_id, cfg.image_size, cfg.dtype, cfg.device.split(":")[0]],
                                       self.device, limit=2 * self.memory_cache_size)
@@ -94,14 +102,25 @@ class SDMatcherBase(DenseMatcher):
         if self._sd is None:  # loaded on first use: a fully cached run never loads the model
             comps = load_components(self.config.model_id, seed=self.config.seed)
             self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype, self.config.channels_last,
-                                    self.config.compile)
+                                    self.config.compile, self.config.attention)
         return self._sd
 
-    def posterior(self, images: torch.Tensor, infos: list[ImageInfo]) -> tuple[torch.Tensor, torch.Tensor]:
-        """VAE posterior (mean, std) per image, computed once per image and cached."""
+    def eager(self):
+        """Compiled UNet blocks run eagerly and unpadded inside this context (FLOP counts, probes)."""
+        return self.sd.eager()
+
+    def posterior(self, images, infos: list[ImageInfo]) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior (mean, std) per image, computed once per image and cached.
+
+        ``images``: a ``(B, 3, S, S)`` tensor or a list of ``(3, S, S)`` tensors in [0, 1], on the
+        host or the device; only the images whose posterior is missing are uploaded.
+        """
 
         def compute(positions):
-            mean, std = self.sd.posterior((images[positions] * 2 - 1).to(self.device, self.dtype))
+            x = torch.stack([images[i] for i in positions])
+            if self.device.type == "cuda" and not x.is_cuda:
+                x = x.pin_memory()
+            mean, std = self.sd.posterior((x.to(self.device, non_blocking=True) * 2 - 1).to(self.dtype))
             return [(mean[j], std[j]) for j in range(len(positions))]
 
         values = self._posteriors.get(infos, compute)
@@ -109,8 +128,10 @@ class SDMatcherBase(DenseMatcher):
         std = torch.stack([s for _, s in values]).to(self.device, self.dtype)
         return mean, std
 
-    def sd_features(self, images: torch.Tensor, infos: list[ImageInfo], context: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    def sd_features(self, images, infos: list[ImageInfo], context: torch.Tensor, keys: list[str]) -> torch.Tensor:
         cfg = self.config
+        if cfg.compile and self.sd.pad_to is None and not self.sd._eager:
+            self.sd.pad_to = self.batch_size * cfg.ensemble
         mean, std = self.posterior(images, infos)
         return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)
 
@@ -121,11 +142,12 @@ class SDMatcherBase(DenseMatcher):
     def probe(self, batch: int) -> None:
         S, sd = self.config.image_size, self.sd
         x = torch.rand(batch, 3, S, S, device=self.device, dtype=self.dtype) * 2 - 1
-        mean, std = sd.posterior(x)
         width = int(sd.c.text_encoder.config.hidden_size)
         ctx = torch.zeros(batch, 77, width, device=self.device, dtype=self.dtype)
-        sd.features(mean, std, ctx, keys=[f"probe-{i}" for i in range(batch)], t=self.config.t,
-                    ensemble=self.config.ensemble, seed=0)
+        with sd.eager():  # no compilation per probed size
+            mean, std = sd.posterior(x)
+            sd.features(mean, std, ctx, keys=[f"probe-{i}" for i in range(batch)], t=self.config.t,
+                        ensemble=self.config.ensemble, seed=0)
 
     def describe(self) -> dict:
         return {**super().describe(), "model_id": self.config.model_id}

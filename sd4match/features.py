@@ -14,6 +14,7 @@ composition or device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
@@ -37,7 +38,8 @@ class SDFeaturizer:
     """
 
     def __init__(self, components: SDComponents, up_block: int = 1, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False, compile: bool = False):
+                 dtype: torch.dtype = torch.float32, channels_last: bool = False, compile: bool = False,
+                 attention: str = "auto"):
         n_up = len(components.unet.up_blocks)
         if not 0 <= up_block < n_up:
             raise ValueError(f"up_block must be in 0..{n_up - 1}, got {up_block}")
@@ -54,11 +56,21 @@ class SDFeaturizer:
         if channels_last:  # NHWC convolutions: faster on tensor-core GPUs
             components.vae.to(memory_format=self.memory_format)
             components.unet.to(memory_format=self.memory_format)
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
+        self.attention = attention
+        self.compiled = compile
+        #: with ``compile``: UNet batches are padded up to this many latents, so one static-shape graph
+        #: serves every call (the last, partial batch of a run included); set by the matcher
+        self.pad_to: int | None = None
+        self._eager = False
+        #: a list to collect (start, end) CUDA events around each UNet call (GPU busy time), or None
+        self.events: list | None = None
         if compile:  # torch.compile each UNet block that runs (diffusers' modules, compiled in place)
             unet = components.unet
             for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks[: up_block + 1]]:
                 if block is not None:
-                    block.compile()
+                    block.compile(dynamic=False)
         self._captured: torch.Tensor | None = None
         self._hook = components.unet.up_blocks[up_block].register_forward_hook(self._capture)
 
@@ -68,6 +80,16 @@ class SDFeaturizer:
 
     def close(self) -> None:
         self._hook.remove()
+
+    @contextlib.contextmanager
+    def eager(self):
+        """Run compiled blocks eagerly and without batch padding (FLOP counting, batch-size probes)."""
+        previous, self._eager = self._eager, True
+        try:
+            with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
+                yield
+        finally:
+            self._eager = previous
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -87,12 +109,17 @@ class SDFeaturizer:
         return dist.mean, dist.std
 
     def _noise(self, keys: list[str], seed: int, shape: tuple, ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
-        eps, noise = [], []
-        for k in keys:
+        """Posterior-sample noise ``(B, *shape)`` and ensemble noise ``(B, E, *shape)``, drawn on the
+        CPU per image. For CUDA they are written into pinned memory, so the copy to the GPU does
+        not wait for the work already queued there."""
+        pin = self.device.type == "cuda"
+        eps = torch.empty((len(keys), *shape), pin_memory=pin)
+        noise = torch.empty((len(keys), ensemble, *shape), pin_memory=pin)
+        for j, k in enumerate(keys):
             g = torch.Generator().manual_seed(image_seed(seed, k))
-            eps.append(torch.randn(shape, generator=g))
-            noise.append(torch.randn((ensemble, *shape), generator=g))
-        return torch.stack(eps), torch.stack(noise)
+            torch.randn(shape, generator=g, out=eps[j])
+            torch.randn((ensemble, *shape), generator=g, out=noise[j])
+        return eps, noise
 
     def features(self, mean: torch.Tensor, std: torch.Tensor, context: torch.Tensor, *, keys: list[str], t: int,
                  ensemble: int, seed: int) -> torch.Tensor:
@@ -107,9 +134,10 @@ class SDFeaturizer:
         """
         B = mean.shape[0]
         eps, noise = self._noise(keys, seed, tuple(mean.shape[1:]), ensemble)
-        latents = (mean + std * eps.to(mean.device, mean.dtype)) * self.c.vae.config.scaling_factor
+        eps = eps.to(mean.device, non_blocking=True).to(mean.dtype)
+        latents = (mean + std * eps) * self.c.vae.config.scaling_factor
         lat = latents[:, None].expand(B, ensemble, *latents.shape[1:]).reshape(B * ensemble, *latents.shape[1:])
-        noise = noise.to(lat.device, lat.dtype).reshape(B * ensemble, *latents.shape[1:])
+        noise = noise.to(lat.device, non_blocking=True).to(lat.dtype).reshape(B * ensemble, *latents.shape[1:])
         tt = torch.full((B * ensemble,), int(t), device=lat.device, dtype=torch.long)
         noisy = self.c.scheduler.add_noise(lat, noise, tt)
         ctx = context.to(lat.device, self.dtype)
@@ -119,13 +147,45 @@ class SDFeaturizer:
 
     def unet_features(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Output of ``up_blocks[up_block]`` (the forward stops there)."""
+        n = noisy.shape[0]
+        if self.compiled and not self._eager and self.pad_to and n < self.pad_to:
+            # every latent is computed independently, so padding rows change nothing in the first n
+            fill = self.pad_to - n
+            noisy, t, context = (torch.cat([x, x[-1:].expand(fill, *x.shape[1:])]) for x in (noisy, t, context))
         self._captured = None
         noisy = noisy.contiguous(memory_format=self.memory_format)
+        timed = self.events is not None and noisy.is_cuda
+        if timed:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        backend = contextlib.nullcontext() if self.attention == "auto" else _sdpa_backend(self.attention)
         try:
-            self.c.unet(noisy, t, encoder_hidden_states=context)
+            with backend:
+                self.c.unet(noisy, t, encoder_hidden_states=context)
         except _Stop:
             pass
+        if timed:
+            end.record()
+            self.events.append((start, end))
         if self._captured is None:  # pragma: no cover - the hook always fires
             raise RuntimeError("UNet forward did not reach the hooked up block")
         out, self._captured = self._captured, None
-        return out
+        return out[:n]
+
+    def busy_seconds(self) -> float:
+        """GPU time of the UNet calls recorded in :attr:`events` (synchronises)."""
+        if not self.events:
+            return 0.0
+        self.events[-1][1].synchronize()
+        return sum(s.elapsed_time(e) for s, e in self.events) / 1e3
+
+
+#: ``attention`` values: PyTorch's own choice, or one scaled-dot-product-attention backend forced
+ATTENTION = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+def _sdpa_backend(name: str):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel({"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                        "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[name])

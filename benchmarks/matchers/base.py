@@ -144,6 +144,13 @@ class Matcher:
         """:meth:`predict` with the result of :meth:`prefetch` for the same pairs."""
         return self.predict(pairs)
 
+    def submit(self, pairs: Sequence[Pair], data=None):
+        """Start predicting ``pairs`` and return ``finish()``, which returns what :meth:`predict`
+        returns. Runners submit the next batch before finishing this one, so a matcher that queues
+        work on an accelerator (the dense base does) keeps it busy; the default predicts at once."""
+        preds = self.predict_prefetched(pairs, data)
+        return lambda: preds
+
     def describe(self) -> dict:
         """Extra facts for run.json (device, dtype, model id ...)."""
         return {}

@@ -193,7 +193,13 @@ class CPMMatcher(SD4MatchMatcher):
             owners += [(s_info, t_info), (s_info, t_info)]
 
         def compute(batch, infos, positions):
-            ctx = self.pair_context([owners[i][0] for i in positions], [owners[i][1] for i in positions])
+            # one prompt (CPM + text encoder) per pair, shared by its two images
+            pair_ids = [i // 2 for i in positions]
+            unique = list(dict.fromkeys(pair_ids))
+            ctx = self.pair_context([owners[2 * k][0] for k in unique], [owners[2 * k][1] for k in unique])
+            if len(unique) != len(positions):
+                where = {k: j for j, k in enumerate(unique)}
+                ctx = torch.stack([ctx[where[k]] for k in pair_ids])  # no index tensor to upload
             keys = [hashlib.sha256(f"{infos[j].key}|{items[i][2]}".encode()).hexdigest() for j, i in enumerate(positions)]
             return self.sd_features(batch, infos, ctx, keys)
 

@@ -153,3 +153,29 @@ def test_profile_command(capsys):
     assert profile_cli(["--matcher", "identity", "--pairs", "3"]) == 0
     assert "pairs/s (no model, no FLOPs)" in capsys.readouterr().out
     assert profile_cli(["--matcher", "dift", "--preset", "tiny", "--pairs", "99"]) == 2
+
+
+def test_batches_pipelined_in_order():
+    """The runner submits batch k+1 before collecting batch k, and yields results in order."""
+    from benchmarks.matchers.base import Matcher
+    from benchmarks.run import pipelined
+
+    log = []
+
+    class Recorder(Matcher):
+        def prefetch(self, pairs):
+            return f"data-{pairs[0]}"
+
+        def submit(self, pairs, data=None):
+            log.append(("submit", pairs[0], data))
+
+            def finish():
+                log.append(("finish", pairs[0]))
+                return {"default": pairs}
+            return finish
+
+    out = list(pipelined(Recorder(), [(0, ["a"]), (1, ["b"]), (2, ["c"])]))
+    assert out == [((0, ["a"]), {"default": ["a"]}), ((1, ["b"]), {"default": ["b"]}), ((2, ["c"]), {"default": ["c"]})]
+    assert log == [("submit", "a", "data-a"), ("submit", "b", "data-b"), ("finish", "a"),
+                   ("submit", "c", "data-c"), ("finish", "b"), ("finish", "c")]
+    assert list(pipelined(Recorder(), [])) == []

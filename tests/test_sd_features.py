@@ -207,3 +207,38 @@ def test_compiled_unet_blocks_match_eager():
     ref = eager.unet_features(noisy, t, ctx)
     out = compiled.unet_features(noisy, t, ctx)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+    # a partial batch is padded to the compiled batch (one static graph per run), padding dropped
+    sizes = []
+    hook = compiled.c.unet.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    compiled.pad_to = 5
+    padded = compiled.unet_features(noisy, t, ctx)
+    assert sizes == [5] and padded.shape == ref.shape
+    torch.testing.assert_close(padded, ref, rtol=1e-4, atol=1e-5)
+    with compiled.eager():  # FLOP counting and batch probes: eager, unpadded
+        torch.testing.assert_close(compiled.unet_features(noisy, t, ctx), ref, rtol=1e-4, atol=1e-5)
+    assert sizes == [5, 2]
+    hook.remove()
+
+
+def test_attention_backend_setting(comps):
+    """``--set attention=...`` forces one SDPA backend; ``auto`` leaves the choice to PyTorch."""
+    from sd4match.dift import DiftMatcher
+
+    torch.manual_seed(0)
+    noisy, t = torch.randn(2, 4, 32, 32), torch.tensor([261, 261])
+    sd = SDFeaturizer(comps)
+    ctx = sd.encode_text(["a photo of a cat", "a photo of a dog"])
+    ref = sd.unet_features(noisy, t, ctx)
+    sd.close()
+    sd = SDFeaturizer(comps, attention="math")
+    torch.testing.assert_close(sd.unet_features(noisy, t, ctx), ref, rtol=1e-4, atol=1e-5)
+    sd.close()
+    sd = SDFeaturizer(comps, attention="cudnn")  # forced: no cuDNN kernel on the CPU, so it must fail
+    with pytest.raises(RuntimeError, match="scaled_dot_product_attention"):
+        sd.unet_features(noisy, t, ctx)
+    sd.close()
+    with pytest.raises(ValueError, match="attention must be one of auto, flash"):
+        SDFeaturizer(comps, attention="fast")
+    with pytest.raises(ConfigError, match="attention must be one of"):
+        DiftMatcher.from_settings("tiny", attention="fast")

@@ -2,9 +2,10 @@
 weights) on one CUDA device, in under 5 minutes.
 
     python -m benchmarks.gpu_check [--images 64] [--batch 8] [--dtype bfloat16] [--pairs 24]
+        [--attention auto,flash,cudnn] [--compile] [--cpm-only]
 
 Prints: FLOPs per image (counted with torch.utils.flop_counter), DIFT feature images/s at
-ensemble 8, achieved TFLOP/s, peak GPU memory, the UNet's TFLOP/s at a 64-latent batch, then the
+ensemble 8, achieved TFLOP/s, peak GPU memory, the UNet's TFLOP/s per attention backend, then the
 profile of the whole DIFT and CPM matchers (every readout) on synthetic pairs: counted FLOPs,
 pairs/s, fraction of the device's bf16 peak and the projected SPair-71k test time.
 Timing does not depend on weight values, so no weights are needed.
@@ -25,14 +26,22 @@ def main() -> None:
     p.add_argument("--ensemble", type=int, default=8)
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--pairs", type=int, default=24, help="synthetic pairs for the matcher profiles")
+    p.add_argument("--attention", default="auto",
+                   help="comma-separated SDPA backends to time in the UNet (auto, flash, efficient, cudnn, math); "
+                        "the matchers then run with the fastest")
+    p.add_argument("--compile", action="store_true",
+                   help="also profile the CPM matcher with --set compile=true (adds about a minute of compilation)")
+    p.add_argument("--cpm-only", action="store_true", help="skip the DIFT feature timing and DIFT profile")
     p.add_argument("--compare-compile", action="store_true",
                    help="only time the truncated UNet eager against torch.compile'd blocks, then exit")
     args = p.parse_args()
     from benchmarks.dense import resolve_dtype
-    from sd4match.features import SDFeaturizer
+    from sd4match.features import ATTENTION, SDFeaturizer
     from sd4match.models import random_sd21
 
     assert torch.cuda.is_available(), "needs a CUDA GPU"
+    backends = [b.strip() for b in args.attention.split(",") if b.strip()]
+    assert backends and all(b in ATTENTION for b in backends), f"--attention: choose from {', '.join(ATTENTION)}"
     dev = torch.device("cuda")
     dtype = resolve_dtype(args.dtype)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -74,29 +83,39 @@ def main() -> None:
         torch.cuda.synchronize()
         return f
 
-    run(args.batch)  # warm-up
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    f = run(args.images)
-    dt = time.perf_counter() - t0
-    ips = args.images / dt
-    tflops = per_image * ips / 1e12
-    print(f"DIFT features {tuple(f.shape[1:])}: {ips:.1f} images/s, {tflops:.0f} TFLOP/s achieved, "
-          f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, "
-          f"projected SPair-71k test (481 images): {481 / ips:.1f} s")
+    if not args.cpm_only:
+        run(args.batch)  # warm-up
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        f = run(args.images)
+        dt = time.perf_counter() - t0
+        ips = args.images / dt
+        tflops = per_image * ips / 1e12
+        print(f"DIFT features {tuple(f.shape[1:])}: {ips:.1f} images/s, {tflops:.0f} TFLOP/s achieved, "
+              f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB, "
+              f"projected SPair-71k test (481 images): {481 / ips:.1f} s")
 
-    # UNet alone, batched (ensemble x batch per call)
+    # UNet alone, batched (ensemble x batch per call), per attention backend
     n = args.batch * args.ensemble
     noisy = torch.randn(n, 4, 96, 96, device=dev, dtype=dtype)
     tt = torch.full((n,), 261, device=dev)
     cc = ctx.expand(n, -1, -1)
-    u = unet_rate(sd, noisy, tt, cc, unet_flops)
-    print(f"UNet (batch {n}): {u:.0f} TFLOP/s")
+    rates = {}
+    for backend in backends:
+        sd.attention = backend
+        try:
+            rates[backend] = unet_rate(sd, noisy, tt, cc, unet_flops)
+        except RuntimeError as exc:  # a backend without a kernel for these shapes
+            print(f"UNet (batch {n}, attention {backend}): unavailable ({str(exc).splitlines()[0][:120]})")
+            continue
+        print(f"UNet (batch {n}, attention {backend}): {rates[backend]:.0f} TFLOP/s")
+    best = max(rates, key=rates.get)
+    sd.attention = best
     comps.unet.to(memory_format=torch.channels_last)
     sd.memory_format = torch.channels_last
     u_cl = unet_rate(sd, noisy, tt, cc, unet_flops)
-    print(f"UNet (batch {n}, channels_last): {u_cl:.0f} TFLOP/s")
-    channels_last = u_cl > u
+    print(f"UNet (batch {n}, attention {best}, channels_last): {u_cl:.0f} TFLOP/s")
+    channels_last = u_cl > rates[best]
 
     # the whole matchers on the GPU, through the profile command's code path
     sd.close()
@@ -105,13 +124,26 @@ def main() -> None:
     from benchmarks.profile import profile
 
     common = {"model_id": "random-sd21", "device": "cuda", "dtype": args.dtype, "batch_size": str(args.batch),
-              "channels_last": "true" if channels_last else "false"}
-    print(f"matchers run with channels_last={channels_last}")
-    print("--- DIFT (random-sd21) ---")
-    print(profile("dift", None, common, args.pairs))
-    torch.cuda.empty_cache()
-    print("--- SD4Match-CPM (random-sd21, DINOv2-base architecture) ---")
-    print(profile("cpm", None, {**common, "dino_id": "random-base"}, args.pairs))
+              "channels_last": "true" if channels_last else "false", "attention": best}
+    print(f"matchers run with attention={best}, channels_last={channels_last}")
+    stages = [] if args.cpm_only else [("DIFT (random-sd21)", "dift", {})]
+    stages.append(("SD4Match-CPM (random-sd21, DINOv2-base architecture)", "cpm", {"dino_id": "random-base"}))
+    if args.compile:
+        stages.append(("SD4Match-CPM, compile=true", "cpm", {"dino_id": "random-base", "compile": "true"}))
+    for title, name, extra in stages:
+        print(f"--- {title} ---", flush=True)
+        settings = {**common, **extra}
+        for attempt in range(2):
+            try:
+                print(profile(name, None, settings, args.pairs), flush=True)
+                break
+            except Exception as exc:  # report and go on: device time is scarce
+                print(f"failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+                if settings["attention"] == "auto":
+                    break
+                settings = {**settings, "attention": "auto"}
+                print("retrying with attention=auto", flush=True)
+        torch.cuda.empty_cache()
 
 
 def unet_rate(sd, noisy, tt, cc, flops_per_latent: float, reps: int = 5) -> float:

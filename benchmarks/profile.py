@@ -77,7 +77,9 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         device = getattr(matcher, "device", torch.device("cpu"))
         per_pair = bool(getattr(matcher, "per_pair_features", False))
         bs = int(getattr(matcher, "batch_size", 0) or 1)
+        t_warm = time.perf_counter()
         matcher.predict(warm)  # loads models, compiles kernels
+        t_warm = time.perf_counter() - t_warm
         reset = getattr(matcher, "reset_caches", lambda: None)
         reset()
         eager = getattr(matcher, "eager", contextlib.nullcontext)
@@ -118,6 +120,7 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         dtype_name = info.get("dtype", "float32")
         peak, peak_src = device_peak(device, dtype_name)
         lines.append(f"device: {device} ({peak_src}); dtype {dtype_name}; batch {bs}")
+        lines.append(f"warm-up (model loading, compilation): {t_warm:.1f} s, not in the figures below")
         if per_pair:  # per image: VAE + DINOv2 once; per pair: UNet for both images + readouts
             units, unit = len(pairs), "pair"
             projected = SPAIR_TEST_IMAGES * max(cold - shared, 0.0) / n_img + SPAIR_TEST_PAIRS * shared / len(pairs)

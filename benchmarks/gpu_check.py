@@ -133,7 +133,7 @@ def main() -> None:
     for title, name, extra in stages:
         print(f"--- {title} ---", flush=True)
         settings = {**common, **extra}
-        for attempt in range(2):
+        for _attempt in range(2):
             try:
                 print(profile(name, None, settings, args.pairs), flush=True)
                 break

@@ -56,7 +56,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int) -> str:
+def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int, sync_debug: bool = False) -> str:
+    """The profile report. ``sync_debug`` (CUDA): list the places that made the host wait for the
+    GPU during the timed run with per-image work cached (each such wait can leave the GPU idle)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -109,7 +111,24 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         sd = getattr(matcher, "_sd", None)  # Stable Diffusion matchers: time the UNet calls on the GPU
         if sd is not None and device.type == "cuda":
             sd.events = []
-        shared = timed()  # UNet + readouts, per-image work (VAE, DINOv2) cached as in a real run
+        syncs = None
+        if sync_debug and device.type == "cuda":
+            import warnings
+
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    shared = timed()
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            syncs = {}
+            for w in caught:
+                if "synchroniz" in str(w.message):
+                    where = f"{Path(w.filename).name}:{w.lineno}"
+                    syncs[where] = syncs.get(where, 0) + 1
+        else:
+            shared = timed()  # UNet + readouts, per-image work (VAE, DINOv2) cached as in a real run
         busy = None
         if sd is not None and sd.events is not None:
             busy, sd.events = sd.busy_seconds(), None
@@ -143,10 +162,14 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         if busy is not None:
             lines.append(f"UNet busy {busy:.2f} s of {shared:.2f} s wall with per-image work cached "
                          f"({busy / shared:.0%}); the rest is readouts, prompts and waiting")
+        if syncs is not None:
+            listed = ", ".join(f"{k} x{v}" for k, v in sorted(syncs.items(), key=lambda kv: -kv[1])[:12]) or "none"
+            lines.append(f"host waits on the GPU ({len(batches)} batches): {listed}")
         if device.type == "cuda":
             lines.append(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
         lines.append(f"projected SPair-71k test split ({SPAIR_TEST_PAIRS} pairs, {SPAIR_TEST_IMAGES} images): "
-                     f"{projected:.1f} s ({projected / 60:.1f} min)")
+                     f"{projected:.1f} s ({projected / 60:.1f} min); with the warm-up {projected + t_warm:.1f} s "
+                     f"({(projected + t_warm) / 60:.1f} min)")
     matcher.close()
     return "\n".join(lines)
 

@@ -422,28 +422,41 @@ class DenseMatcher(Matcher):
             flat = flat.pin_memory()
         flat = flat.to(self.device, non_blocking=True)
         starts = np.concatenate([[0], np.cumsum(counts)])
+        grid_readouts = [r for r in self._readouts if r != "upsampled-nn"]
+        sims, scales = [], []  # per pair with keypoints: (N, h, w) similarities, grid -> pixel factors
         for k, (p, (fs, ft)) in enumerate(zip(pairs, self.pair_features(pairs))):
             if counts[k] == 0:
                 continue
             src_xy = flat[starts[k]:starts[k + 1]]
-            hw = tuple(ft.shape[1:])
             grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]))
-            sim = cosine_maps(sample_at(fs, grid_src), ft)
-            for r in self._readouts:
-                if r == "upsampled-nn":
-                    sq = None
-                    if not self.per_pair_features:  # the target's norm map depends on the target image only
-                        key = (p.row["trg_image"], self.cache_tag_of_row(p.row), p.trg_size)
-                        if key not in self._norms:
-                            self._norms[key] = upsampled_sq_norm(ft, p.trg_size)
-                            while len(self._norms) > self.memory_cache_size:
-                                self._norms.pop(next(iter(self._norms)))
-                        sq = self._norms[key]
-                    pred = upsampled_nn(fs, ft, src_xy, p.src_size, p.trg_size, sq)
-                else:
+            sims.append(cosine_maps(sample_at(fs, grid_src), ft))
+            (W0, H0), (h, w) = p.trg_size, tuple(ft.shape[1:])
+            scales.append(((S - 1) / (w - 1) * W0 / S, (S - 1) / (h - 1) * H0 / S, counts[k]))  # as from_grid
+            if "upsampled-nn" in self._readouts:
+                sq = None
+                if not self.per_pair_features:  # the target's norm map depends on the target image only
+                    key = (p.row["trg_image"], self.cache_tag_of_row(p.row), p.trg_size)
+                    if key not in self._norms:
+                        self._norms[key] = upsampled_sq_norm(ft, p.trg_size)
+                        while len(self._norms) > self.memory_cache_size:
+                            self._norms.pop(next(iter(self._norms)))
+                    sq = self._norms[key]
+                out["upsampled-nn"].append(upsampled_nn(fs, ft, src_xy, p.src_size, p.trg_size, sq).float())
+        if sims and grid_readouts:
+            # grid readouts work row by row: every keypoint of the batch in one call per readout
+            if len({tuple(x.shape[1:]) for x in sims}) == 1:
+                groups = [(torch.cat(sims), scales)]
+            else:  # feature maps of different sizes: one call per pair
+                groups = [(x, [sc]) for x, sc in zip(sims, scales)]
+            for sim, sc in groups:
+                factor = torch.from_numpy(np.repeat(np.array([[a, b] for a, b, _ in sc], dtype=np.float32),
+                                                    [n for _, _, n in sc], axis=0))
+                if self.device.type == "cuda":
+                    factor = factor.pin_memory()
+                factor = factor.to(self.device, non_blocking=True)
+                for r in grid_readouts:
                     g = R.apply(r, sim, temperature=cfg.temperature, sigma=cfg.kernel_sigma, radius=cfg.window_radius)
-                    pred = from_grid(g, p.trg_size, S, hw)
-                out[r].append(pred.float())
+                    out[r].append(g.float() * factor)
         # one device-to-host transfer per readout and batch, not waited for here
         host = {r: torch.cat(preds).to("cpu", non_blocking=True) if preds else torch.zeros((0, 2))
                 for r, preds in out.items()}

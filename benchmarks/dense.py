@@ -198,6 +198,7 @@ class DenseMatcher(Matcher):
         self._decoded_lock = threading.Lock()
         self.decoded_cache_size = 256
         self._batch_size = int(cfg.batch_size) or None  # None: found on first use (batch_size 'auto' = 0)
+        #: feature maps (and per-target norm maps) kept in memory across batches
         self.memory_cache_size = 64
 
     @property
@@ -277,6 +278,10 @@ class DenseMatcher(Matcher):
 
         with atomic_path(path, suffix=".pt") as tmp:
             torch.save(feat.detach().to("cpu").clone(), tmp)
+
+    def keep_in_memory(self, n_images: int) -> None:
+        """Keep up to ``n_images`` feature maps in memory (timing code: every timed image stays)."""
+        self.memory_cache_size = max(self.memory_cache_size, n_images)
 
     def reset_caches(self) -> None:
         """Forget in-memory features (the disk cache is kept); used by timing code."""

@@ -76,6 +76,8 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         table = loaders.load("spair-71k", d, "test", use_cache=False)
         pairs = [Pair(r, Path(d)) for r in table.to_pylist()]
         warm, pairs = pairs[:1], pairs[1:]
+        if hasattr(matcher, "keep_in_memory"):  # the readouts-only pass must find every timed feature map
+            matcher.keep_in_memory(2 * len(pairs) + 2)
         device = getattr(matcher, "device", torch.device("cpu"))
         per_pair = bool(getattr(matcher, "per_pair_features", False))
         bs = int(getattr(matcher, "batch_size", 0) or 1)
@@ -193,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = parse_settings({k: getattr(args, k) for k in ("device", "dtype", "batch_size")}, args.set)
         if overrides.get("batch_size") == "auto":
             overrides["batch_size"] = "0"
-        if not 1 <= args.pairs <= 30:
-            raise ConfigError("--pairs must be in 1..30 (features of all timed pairs are kept in memory)")
+        if not 1 <= args.pairs <= 128:
+            raise ConfigError("--pairs must be in 1..128 (features of all timed pairs are kept in memory)")
         print(profile(args.matcher, args.preset, overrides, args.pairs))
     except (ConfigError, MatcherError, UnknownMatcher, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

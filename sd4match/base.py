@@ -135,6 +135,10 @@ class SDMatcherBase(DenseMatcher):
         mean, std = self.posterior(images, infos)
         return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)
 
+    def keep_in_memory(self, n_images: int) -> None:
+        super().keep_in_memory(n_images)
+        self._posteriors.limit = max(self._posteriors.limit or 0, n_images)
+
     def reset_caches(self) -> None:
         super().reset_caches()
         self._posteriors.clear()

@@ -113,3 +113,25 @@ def test_batched_readouts_equal_one_pair_at_a_time(tmp_path):
             for r in m.readouts:
                 assert together[r][k].shape == (len(p.src_kps), 2)
                 np.testing.assert_allclose(together[r][k], alone[r][0], rtol=0, atol=1e-6, err_msg=f"{name} {r} pair {k}")
+
+
+def test_keep_in_memory_serves_a_second_pass_without_extraction(tmp_path):
+    """Timing code keeps every timed feature map: more images than the default memory cache."""
+    write_spair_root(tmp_path, {"test": 40}, seed=4, images=True)
+    table = loaders.load("spair-71k", tmp_path, "test", use_cache=False)
+    pairs = [Pair(r, tmp_path) for r in table.to_pylist()]
+    m = registry.load_class("patch").from_settings("tiny")
+    n_images = len({p.row["src_image"] for p in pairs} | {p.row["trg_image"] for p in pairs})
+    assert n_images > m.memory_cache_size
+    m.predict(pairs)
+    m.predict(pairs)
+    assert m.stats["extracted"] > n_images  # the default cache dropped the first images
+    m = registry.load_class("patch").from_settings("tiny")
+    m.keep_in_memory(n_images)
+    first = m.predict(pairs)
+    assert m.stats["extracted"] == n_images
+    second = m.predict(pairs)
+    assert m.stats["extracted"] == n_images
+    for r in m.readouts:
+        for a, b in zip(first[r], second[r]):
+            np.testing.assert_array_equal(a, b)

@@ -152,7 +152,7 @@ def test_profile_command(capsys):
     assert flops > 0
     assert profile_cli(["--matcher", "identity", "--pairs", "3"]) == 0
     assert "pairs/s (no model, no FLOPs)" in capsys.readouterr().out
-    assert profile_cli(["--matcher", "dift", "--preset", "tiny", "--pairs", "99"]) == 2
+    assert profile_cli(["--matcher", "dift", "--preset", "tiny", "--pairs", "129"]) == 2
 
 
 def test_batches_pipelined_in_order():

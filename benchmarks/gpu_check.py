@@ -1,8 +1,8 @@
 """GPU check: DIFT and SD4Match-CPM with the real SD-2.1 / DINOv2-base architectures (random
-weights) on one CUDA device, in under 5 minutes.
+weights) on one CUDA device, in under 5 minutes (about 3 on an H200).
 
-    python -m benchmarks.gpu_check [--images 64] [--batch 8] [--dtype bfloat16] [--pairs 24]
-        [--attention auto,flash,cudnn] [--compile] [--cpm-only]
+    python -m benchmarks.gpu_check [--images 64] [--batch 16] [--dtype bfloat16] [--pairs 96]
+        [--attention auto,flash,cudnn,efficient] [--no-compile] [--cpm-only]
 
 Prints: FLOPs per image (counted with torch.utils.flop_counter), DIFT feature images/s at
 ensemble 8, achieved TFLOP/s, peak GPU memory, the UNet's TFLOP/s per attention backend, then the
@@ -22,16 +22,16 @@ import torch
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--images", type=int, default=64)
-    p.add_argument("--batch", type=int, default=8, help="images per UNet call (x ensemble)")
+    p.add_argument("--batch", type=int, default=16, help="images per UNet call (x ensemble)")
     p.add_argument("--ensemble", type=int, default=8)
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--pairs", type=int, default=24, help="synthetic pairs for the matcher profiles")
+    p.add_argument("--pairs", type=int, default=96, help="synthetic pairs for the matcher profiles")
     p.add_argument("--attention", default="auto",
                    help="comma-separated SDPA backends to time in the UNet (auto, flash, efficient, cudnn, math); "
                         "the matchers then run with the fastest")
-    p.add_argument("--compile", action="store_true",
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="also profile the CPM matcher with --set compile=true, twice: first compilation, then with "
-                        "Inductor's cache warm (adds about two minutes)")
+                        "Inductor's cache warm (about 100 s; --no-compile skips it)")
     p.add_argument("--cpm-only", action="store_true", help="skip the DIFT feature timing and DIFT profile")
     p.add_argument("--compare-compile", action="store_true",
                    help="only time the truncated UNet eager against torch.compile'd blocks, then exit")

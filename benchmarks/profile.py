@@ -1,7 +1,7 @@
 """Profile a matcher: counted FLOPs, measured throughput, fraction of the device's peak.
 
     python -m benchmarks.profile --matcher M [--preset P] [--device D] [--dtype T] [--pairs N]
-        [--batch-size B] [--set KEY=VALUE ...]
+        [--batch-size B] [--set KEY=VALUE ...] [--sync-debug]
 
 Runs on synthetic pairs (flat images of SPair-like sizes written to a temporary folder), so no
 dataset is needed. Prints FLOPs per image (per pair for per-pair matchers such as CPM) counted
@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", dest="batch_size", default=None)
     p.add_argument("--pairs", type=int, default=8, help="synthetic pairs timed (default 8)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--sync-debug", action="store_true",
+                   help="CUDA: list where the host waited for the GPU during the timed run")
     args = p.parse_args(argv)
     try:
         overrides = parse_settings({k: getattr(args, k) for k in ("device", "dtype", "batch_size")}, args.set)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides["batch_size"] = "0"
         if not 1 <= args.pairs <= 128:
             raise ConfigError("--pairs must be in 1..128 (features of all timed pairs are kept in memory)")
-        print(profile(args.matcher, args.preset, overrides, args.pairs))
+        print(profile(args.matcher, args.preset, overrides, args.pairs, sync_debug=args.sync_debug))
     except (ConfigError, MatcherError, UnknownMatcher, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

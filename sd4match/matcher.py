@@ -146,7 +146,8 @@ class ClassMatcher(SD4MatchMatcher):
 
 class CPMMatcher(SD4MatchMatcher):
     name = "cpm"
-    description = "SD4Match-CPM: prompts conditioned on DINOv2 features of both images (per pair); t=50, ensemble 8"
+    description = ("SD4Match-CPM: prompts conditioned on DINOv2 features of both images (per pair); t=50, ensemble 8 "
+                   "(on a GPU add --set compile=true)")
     variant = "cpm"
     per_pair_features = True
 

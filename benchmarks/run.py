@@ -148,7 +148,8 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
     """Predict the pairs of each (index, start, end) shard in ``todo`` and write each shard atomically.
 
     The next batch's images are read by a background thread while the current batch runs
-    (``Matcher.prefetch``), so the accelerator does not wait on image decoding.
+    (``Matcher.prefetch``), and each batch is submitted before the previous one's results are
+    collected (:func:`pipelined`), so the accelerator waits neither on image decoding nor on us.
     """
     from loaders.atomic import write_parquet
 

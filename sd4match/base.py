@@ -130,7 +130,7 @@ class SDMatcherBase(DenseMatcher):
 
     def sd_features(self, images, infos: list[ImageInfo], context: torch.Tensor, keys: list[str]) -> torch.Tensor:
         cfg = self.config
-        if cfg.compile and self.sd.pad_to is None and not self.sd._eager:
+        if cfg.compile and self.sd.pad_to is None and not self.sd.in_eager:
             self.sd.pad_to = self.batch_size * cfg.ensemble
         mean, std = self.posterior(images, infos)
         return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)

@@ -81,6 +81,11 @@ class SDFeaturizer:
     def close(self) -> None:
         self._hook.remove()
 
+    @property
+    def in_eager(self) -> bool:
+        """True inside :meth:`eager`."""
+        return self._eager
+
     @contextlib.contextmanager
     def eager(self):
         """Run compiled blocks eagerly and without batch padding (FLOP counting, batch-size probes)."""

@@ -102,10 +102,15 @@ def to_grid(xy: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, 
     return _scale_xy(xy, S / W0 * (w - 1) / (S - 1), S / H0 * (h - 1) / (S - 1))
 
 
+def grid_to_pixel(size: tuple[float, float], S: int, hw: tuple[int, int]) -> tuple[float, float]:
+    """(x, y) factors from grid coordinates on ``hw`` to original pixels of an image of ``size``."""
+    (W0, H0), (h, w) = size, hw
+    return (S - 1) / (w - 1) * W0 / S, (S - 1) / (h - 1) * H0 / S
+
+
 def from_grid(g: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`to_grid`."""
-    (W0, H0), (h, w) = size, hw
-    return _scale_xy(g, (S - 1) / (w - 1) * W0 / S, (S - 1) / (h - 1) * H0 / S)
+    return _scale_xy(g, *grid_to_pixel(size, S, hw))
 
 
 def sample_at(feat: torch.Tensor, grid_xy: torch.Tensor) -> torch.Tensor:
@@ -435,8 +440,7 @@ class DenseMatcher(Matcher):
             src_xy = flat[starts[k]:starts[k + 1]]
             grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]))
             sims.append(cosine_maps(sample_at(fs, grid_src), ft))
-            (W0, H0), (h, w) = p.trg_size, tuple(ft.shape[1:])
-            scales.append(((S - 1) / (w - 1) * W0 / S, (S - 1) / (h - 1) * H0 / S, counts[k]))  # as from_grid
+            scales.append(grid_to_pixel(p.trg_size, S, tuple(ft.shape[1:])))
             if "upsampled-nn" in self._readouts:
                 sq = None
                 if not self.per_pair_features:  # the target's norm map depends on the target image only
@@ -449,19 +453,15 @@ class DenseMatcher(Matcher):
                 out["upsampled-nn"].append(upsampled_nn(fs, ft, src_xy, p.src_size, p.trg_size, sq).float())
         if sims and grid_readouts:
             # grid readouts work row by row: every keypoint of the batch in one call per readout
-            if len({tuple(x.shape[1:]) for x in sims}) == 1:
-                groups = [(torch.cat(sims), scales)]
-            else:  # feature maps of different sizes: one call per pair
-                groups = [(x, [sc]) for x, sc in zip(sims, scales)]
-            for sim, sc in groups:
-                factor = torch.from_numpy(np.repeat(np.array([[a, b] for a, b, _ in sc], dtype=np.float32),
-                                                    [n for _, _, n in sc], axis=0))
-                if self.device.type == "cuda":
-                    factor = factor.pin_memory()
-                factor = factor.to(self.device, non_blocking=True)
-                for r in grid_readouts:
-                    g = R.apply(r, sim, temperature=cfg.temperature, sigma=cfg.kernel_sigma, radius=cfg.window_radius)
-                    out[r].append(g.float() * factor)
+            # (all feature maps share one grid: every image is resized to S x S)
+            sim = torch.cat(sims)
+            factor = torch.from_numpy(np.repeat(np.array(scales, dtype=np.float32), [c for c in counts if c], axis=0))
+            if self.device.type == "cuda":
+                factor = factor.pin_memory()
+            factor = factor.to(self.device, non_blocking=True)
+            for r in grid_readouts:
+                g = R.apply(r, sim, temperature=cfg.temperature, sigma=cfg.kernel_sigma, radius=cfg.window_radius)
+                out[r].append(g.float() * factor)
         # one device-to-host transfer per readout and batch, not waited for here
         host = {r: torch.cat(preds).to("cpu", non_blocking=True) if preds else torch.zeros((0, 2))
                 for r, preds in out.items()}

@@ -56,6 +56,30 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+@contextlib.contextmanager
+def _host_waits(enabled: bool):
+    """Yield a dict filled with ``file:line -> count`` of the CUDA synchronisations inside the block."""
+    syncs: dict[str, int] = {}
+    if not enabled:
+        yield syncs
+        return
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield syncs
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            where = f"{Path(w.filename).name}:{w.lineno}"
+            syncs[where] = syncs.get(where, 0) + 1
+
+
 def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int, sync_debug: bool = False) -> str:
     """The profile report. ``sync_debug`` (CUDA): list the places that made the host wait for the
     GPU during the timed run with per-image work cached (each such wait can leave the GPU idle)."""
@@ -113,23 +137,8 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         sd = getattr(matcher, "_sd", None)  # Stable Diffusion matchers: time the UNet calls on the GPU
         if sd is not None and device.type == "cuda":
             sd.events = []
-        syncs = None
-        if sync_debug and device.type == "cuda":
-            import warnings
-
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                torch.cuda.set_sync_debug_mode("warn")
-                try:
-                    shared = timed()
-                finally:
-                    torch.cuda.set_sync_debug_mode("default")
-            syncs = {}
-            for w in caught:
-                if "synchroniz" in str(w.message):
-                    where = f"{Path(w.filename).name}:{w.lineno}"
-                    syncs[where] = syncs.get(where, 0) + 1
-        else:
+        watch = sync_debug and device.type == "cuda"
+        with _host_waits(watch) as syncs:
             shared = timed()  # UNet + readouts, per-image work (VAE, DINOv2) cached as in a real run
         busy = None
         if sd is not None and sd.events is not None:
@@ -164,7 +173,7 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         if busy is not None:
             lines.append(f"UNet busy {busy:.2f} s of {shared:.2f} s wall with per-image work cached "
                          f"({busy / shared:.0%}); the rest is readouts, prompts and waiting")
-        if syncs is not None:
+        if watch:
             listed = ", ".join(f"{k} x{v}" for k, v in sorted(syncs.items(), key=lambda kv: -kv[1])[:12]) or "none"
             lines.append(f"host waits on the GPU ({len(batches)} batches): {listed}")
         if device.type == "cuda":

@@ -33,6 +33,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 #: readouts a dense matcher offers: the grid readouts plus DIFT's upsampled nearest neighbour
 DENSE_READOUTS = (*R.READOUTS, "upsampled-nn")
+#: ``resize`` values -> Pillow's resampling filters
+RESIZE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS", "nearest": "NEAREST"}
 #: settings that do not change the features (left out of the feature-cache key)
 NON_FEATURE_SETTINGS = ("readout", "batch_size", "cache_dir", "temperature", "kernel_sigma", "window_radius")
 
@@ -42,6 +44,8 @@ class DenseConfig(MatcherConfig):
     """Settings of every dense matcher (subclasses add their own).
 
     image_size: the S x S network input (anisotropic resize).
+    resize: the resampling filter of that resize (Pillow's ``bilinear``, ``bicubic``, ``lanczos`` or
+        ``nearest``, on the 8-bit RGB image; SD4Match resizes bilinearly, DIFT bicubically).
     readout: comma-separated subset of ``nn, soft-argmax, kernel-soft-argmax,
         window-soft-argmax, upsampled-nn``.
     temperature: softmax temperature of the soft readouts; kernel_sigma: Gaussian sigma in grid
@@ -50,6 +54,7 @@ class DenseConfig(MatcherConfig):
     """
 
     image_size: int = 768
+    resize: str = "bilinear"
     device: str = "cpu"
     dtype: str = "float32"
     readout: str = "nn,soft-argmax,kernel-soft-argmax,window-soft-argmax"
@@ -190,6 +195,8 @@ class DenseMatcher(Matcher):
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {cfg.batch_size!r}")
         if cfg.image_size < 2:
             raise ConfigError(f"image_size must be >= 2, got {cfg.image_size}")
+        if cfg.resize not in RESIZE:
+            raise ConfigError(f"resize must be one of {', '.join(RESIZE)}, got {cfg.resize!r}")
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_FEATURE_SETTINGS}
@@ -254,7 +261,7 @@ class DenseMatcher(Matcher):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size
-                rgb = im.convert("RGB").resize((self.config.image_size,) * 2, Image.BILINEAR)
+                rgb = im.convert("RGB").resize((self.config.image_size,) * 2, getattr(Image.Resampling, RESIZE[self.config.resize]))
         except (UnidentifiedImageError, OSError) as exc:
             raise MatcherError(f"{path}: cannot decode image ({exc})") from None
         arr = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()

@@ -13,7 +13,7 @@ import torch
 from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
 from benchmarks.matchers.base import ConfigError
 
-from .features import ATTENTION, SDFeaturizer
+from .features import ATTENTION, POSTERIOR, SDFeaturizer
 from .models import default_model_id, load_components
 
 
@@ -25,7 +25,9 @@ class SDConfig(DenseConfig):
     compile: ``torch.compile`` the UNet blocks that run (the first batch pays the compilation; batches
     are padded to the batch size so that one static-shape graph serves the whole run);
     attention: scaled-dot-product-attention backend (``auto``: PyTorch's choice; or ``flash``,
-    ``efficient``, ``cudnn``, ``math``)."""
+    ``efficient``, ``cudnn``, ``math``);
+    posterior: ``per-image`` (one VAE posterior sample shared by the ensemble, SD4Match) or
+    ``per-member`` (one sample per ensemble member, DIFT); the VAE encoder runs once either way."""
 
     model_id: str = field(default_factory=default_model_id)
     t: int = 261
@@ -34,6 +36,7 @@ class SDConfig(DenseConfig):
     channels_last: bool = False
     compile: bool = False
     attention: str = "auto"
+    posterior: str = "per-image"
 
 
 class ImageStore:
@@ -93,6 +96,8 @@ class SDMatcherBase(DenseMatcher):
             raise ConfigError(f"ensemble must be >= 1 and t >= 0, got ensemble={cfg.ensemble}, t={cfg.t}")
         if cfg.attention not in ATTENTION:
             raise ConfigError(f"attention must be one of {', '.join(ATTENTION)}, got {cfg.attention!r}")
+        if cfg.posterior not in POSTERIOR:
+            raise ConfigError(f"posterior must be one of {', '.join(POSTERIOR)}, got {cfg.posterior!r}")
         self._sd: SDFeaturizer | None = None
         self._posteriors = ImageStore(cfg.cache_dir, "vae", [cfg.model_id, cfg.image_size, cfg.dtype, cfg.device.split(":")[0]],
                                       self.device, limit=2 * self.memory_cache_size)
@@ -133,7 +138,8 @@ class SDMatcherBase(DenseMatcher):
         if cfg.compile and self.sd.pad_to is None and not self.sd.in_eager:
             self.sd.pad_to = self.batch_size * cfg.ensemble
         mean, std = self.posterior(images, infos)
-        return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed)
+        return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed,
+                                posterior=cfg.posterior)
 
     def keep_in_memory(self, n_images: int) -> None:
         super().keep_in_memory(n_images)
@@ -151,7 +157,7 @@ class SDMatcherBase(DenseMatcher):
         with sd.eager():  # no compilation per probed size
             mean, std = sd.posterior(x)
             sd.features(mean, std, ctx, keys=[f"probe-{i}" for i in range(batch)], t=self.config.t,
-                        ensemble=self.config.ensemble, seed=0)
+                        ensemble=self.config.ensemble, seed=0, posterior=self.config.posterior)
 
     def describe(self) -> dict:
         return {**super().describe(), "model_id": self.config.model_id}

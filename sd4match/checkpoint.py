@@ -1,6 +1,8 @@
 """Prompt checkpoints: safetensors files holding a prompt module's parameters plus metadata.
 
-Metadata (all strings): ``format`` = ``corrbench-sd4match``, ``variant``, ``text_width``,
+Metadata (all strings): ``format`` = ``corrbench-sd4match``, ``prompt_format`` (the meaning of the
+stored rows, :data:`~sd4match.prompts.PROMPT_FORMAT`; absent = 1, files written before SD4Match's
+prompt encoding was adopted, which are loaded with their old meaning), ``variant``, ``text_width``,
 ``categories`` (JSON list, class prompts), ``dino_dim`` and ``n_patches`` (CPM), ``step``, and the
 resolved training ``config`` (JSON). Loading checks the variant and the sizes against what the
 caller expects and names the file in every error.
@@ -16,7 +18,7 @@ import torch
 
 from benchmarks.matchers.base import MatcherError
 
-from .prompts import build_prompt
+from .prompts import PROMPT_FORMAT, build_prompt
 
 FORMAT = "corrbench-sd4match"
 BEST, LAST = "best.safetensors", "last.safetensors"
@@ -42,7 +44,7 @@ def save(module: torch.nn.Module, path: str | Path, *, variant: str, text_width:
     from loaders.atomic import atomic_path
 
     meta = {
-        "format": FORMAT, "variant": variant, "text_width": str(text_width),
+        "format": FORMAT, "prompt_format": str(PROMPT_FORMAT), "variant": variant, "text_width": str(text_width),
         "categories": json.dumps(list(categories)), "dino_dim": str(dino_dim), "n_patches": str(n_patches),
         "step": str(step), "config": json.dumps(config or {}, sort_keys=True, default=str),
     }
@@ -88,5 +90,24 @@ def load(path: str | Path, *, variant: str, text_width: int, dino_dim: int | Non
         module.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:
         raise MatcherError(f"{file}: tensors do not fit a {variant!r} prompt ({str(exc).splitlines()[0][:160]})") from None
-    meta = {**meta, "file": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()[:16]}
+    try:
+        fmt = int(meta.get("prompt_format", "1"))
+    except ValueError:
+        fmt = -1
+    if fmt not in (1, PROMPT_FORMAT):
+        raise MatcherError(f"{file}: prompt_format {meta.get('prompt_format')!r} is not one this toolkit knows "
+                           f"(1 or {PROMPT_FORMAT}); upgrade corrbench")
+    meta = {**meta, "file": str(file), "prompt_format": fmt, "sha256": content_hash(tensors, fmt)}
     return module, meta
+
+
+def content_hash(tensors: dict[str, torch.Tensor], prompt_format: int = PROMPT_FORMAT) -> str:
+    """Hash of the tensors' names, dtypes, shapes and values (and the prompt format), not of the file's
+    bytes: safetensors may order its metadata differently each time the same prompt is saved, and
+    noise seeds and cache keys must not change with that."""
+    h = hashlib.sha256(f"prompt_format={prompt_format}".encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -2,11 +2,20 @@
 
     python -m sd4match.convert --variant {single,class,cpm} --input FILE --out FILE.safetensors
 
-The released files (a zip on the authors' site) hold, per key, a ``[1, 77, 1024]`` token
-embedding tensor for Single/Class (key ``dataset`` for Single, category names for Class), of which
-the 75 tokens between BOS and EOS are the learned prompt; and a state dict for CPM. Their exact key
-names are unconfirmed, so CPM tensors are matched by shape, with name hints (``pos``, ``alpha``)
-for the two 50 x 1024 tensors; anything ambiguous is an error naming the key.
+SD4Match's own files, as its savers write them:
+
+- Single / Class (``caption.pt``): per key (``dataset`` for Single, category names for Class) a
+  ``[1, 77, D]`` tensor laid out as BOS + position 0, the 75 learned rows, EOS + position 76. The
+  75 learned rows are kept exactly as stored (they are the text transformer's input, positions
+  included); BOS and EOS come from the text encoder at run time.
+- CPM (``ckpt.pt``): the captioner's state dict without its text embeddings: ``global_embeds``
+  ``[1, 25, D]``, ``positional_embedding`` ``[1, 50, D]``, ``alpha_cond`` ``[1, 50, D]``,
+  ``linear_C.weight`` ``[D, 2 Dd]``, ``linear_C.bias``, ``linear_N.weight`` ``[P, P]``,
+  ``linear_N.bias``. Other key names are matched by shape, with name hints (``pos``, ``alpha``) for
+  the two 50 x D tensors; anything ambiguous is an error naming the keys.
+
+Pickled files are read with ``torch.load(weights_only=True)`` only (tensors and plain containers;
+nothing in the file can run code). Every tensor is converted to float32.
 """
 
 from __future__ import annotations
@@ -37,18 +46,70 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
         raise MatcherError(f"{path}: cannot read prompt file ({type(exc).__name__}: {str(exc)[:120]})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise MatcherError(f"{path}: expected a mapping of names to tensors")
-    return obj
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise MatcherError(f"{path}: expected a non-empty mapping of names to tensors")
+    out = {}
+    for k, v in obj.items():
+        if not v.is_floating_point():
+            raise MatcherError(f"{path}: key {k!r} holds {v.dtype} values, expected floating point")
+        v = v.float()
+        if not torch.isfinite(v).all():
+            raise MatcherError(f"{path}: key {k!r} holds NaN or infinite values")
+        out[str(k)] = v
+    return out
 
 
 def _tokens(t: torch.Tensor, key: str, path: Path) -> torch.Tensor:
     t = t.reshape(-1, t.shape[-1]) if t.dim() == 3 and t.shape[0] == 1 else t
-    if t.shape[0] == N_TOKENS + 2:
+    if t.dim() == 2 and t.shape[0] == N_TOKENS + 2:
         return t[1:-1]
-    if t.shape[0] == N_TOKENS:
+    if t.dim() == 2 and t.shape[0] == N_TOKENS:
         return t
     raise MatcherError(f"{path}: key {key!r} has shape {tuple(t.shape)}, expected [1, 77, D] or [75, D]")
+
+
+#: SD4Match's CPM state-dict names -> this toolkit's
+CPM_NATIVE = {"global_embeds": "global_tokens", "linear_C.weight": "channel.weight", "linear_C.bias": "channel.bias",
+              "linear_N.weight": "patch.weight", "linear_N.bias": "patch.bias", "positional_embedding": "pos",
+              "alpha_cond": "alpha"}
+
+
+def _cpm_state(data: dict[str, torch.Tensor], src: Path) -> dict[str, torch.Tensor]:
+    # leading singleton axes (SD4Match keeps its prompt tensors as [1, n, D]) are dropped
+    data = {k: (v.reshape(v.shape[1:]) if v.dim() == 3 and v.shape[0] == 1 else v) for k, v in data.items()}
+    if set(CPM_NATIVE) <= set(data):
+        return {ours: data[theirs] for theirs, ours in CPM_NATIVE.items()}
+    two_d = {k: v for k, v in data.items() if v.dim() == 2}
+    one_d = {k: v for k, v in data.items() if v.dim() == 1}
+    glob = [k for k, v in two_d.items() if v.shape[0] == 25]
+    fifty = [k for k, v in two_d.items() if v.shape[0] == 50]
+    if len(glob) != 1 or len(fifty) != 2:
+        raise MatcherError(f"{src}: expected one 25 x D and two 50 x D tensors for CPM, found {glob} and {fifty} "
+                           f"(keys: {', '.join(list(data)[:10])})")
+    width = two_d[glob[0]].shape[1]
+    alpha = [k for k in fifty if "alpha" in k.lower()]
+    pos = [k for k in fifty if "pos" in k.lower()]
+    if len(alpha) != 1 or len(pos) != 1 or alpha == pos:
+        raise MatcherError(f"{src}: cannot tell position embedding from alpha among {fifty} (need 'pos' and 'alpha' in the names)")
+    chan = [k for k, v in two_d.items() if v.shape[0] == width and v.shape[1] != width]
+    square = [k for k, v in two_d.items() if v.shape[0] == v.shape[1] and k not in glob + fifty]
+    if len(chan) != 1 or len(square) != 1:
+        raise MatcherError(f"{src}: expected one D x 2Dd and one P x P weight for CPM, found {chan} and {square}")
+    n_patches = two_d[square[0]].shape[0]
+
+    def bias_of(weight_key, size):
+        twin = weight_key.replace("weight", "bias")
+        if twin != weight_key and twin in one_d and one_d[twin].shape[0] == size:
+            return [twin]
+        return [k for k, v in one_d.items() if v.shape[0] == size]
+
+    chan_b = bias_of(chan[0], width)
+    patch_b = [k for k in bias_of(square[0], n_patches) if k not in chan_b]
+    if len(chan_b) != 1 or len(patch_b) != 1:
+        raise MatcherError(f"{src}: cannot identify the two CPM bias vectors among {list(one_d)}")
+    return {"global_tokens": two_d[glob[0]], "channel.weight": two_d[chan[0]], "channel.bias": one_d[chan_b[0]],
+            "patch.weight": two_d[square[0]], "patch.bias": one_d[patch_b[0]], "pos": two_d[pos[0]],
+            "alpha": two_d[alpha[0]]}
 
 
 def convert(variant: str, src: Path, out: Path) -> str:
@@ -65,39 +126,22 @@ def convert(variant: str, src: Path, out: Path) -> str:
     elif variant == "class":
         cats = sorted(data)
         toks = [_tokens(data[c], c, src) for c in cats]
-        module = build_prompt("class", toks[0].shape[1], cats)
+        widths = sorted({t.shape[1] for t in toks})
+        if len(widths) != 1:
+            raise MatcherError(f"{src}: class prompts of different widths {widths}; one file must hold one model's prompts")
+        module = build_prompt("class", widths[0], cats)
         module.tokens.data.copy_(torch.stack(toks))
     elif variant == "cpm":
-        two_d = {k: v for k, v in data.items() if v.dim() == 2}
-        one_d = {k: v for k, v in data.items() if v.dim() == 1}
-        glob = [k for k, v in two_d.items() if v.shape[0] == 25]
-        fifty = [k for k, v in two_d.items() if v.shape[0] == 50]
-        if len(glob) != 1 or len(fifty) != 2:
-            raise MatcherError(f"{src}: expected one 25 x D and two 50 x D tensors for CPM, found {glob} and {fifty}")
-        width = two_d[glob[0]].shape[1]
-        alpha = [k for k in fifty if "alpha" in k.lower()]
-        pos = [k for k in fifty if "pos" in k.lower()]
-        if len(alpha) != 1 or len(pos) != 1 or alpha == pos:
-            raise MatcherError(f"{src}: cannot tell position embedding from alpha among {fifty} (need 'pos' and 'alpha' in the names)")
-        chan = [k for k, v in two_d.items() if v.shape[0] == width and v.shape[1] != width]
-        square = [k for k, v in two_d.items() if v.shape[0] == v.shape[1] and k not in glob + fifty]
-        if len(chan) != 1 or len(square) != 1:
-            raise MatcherError(f"{src}: expected one D x 2Dd and one P x P weight for CPM, found {chan} and {square}")
-        dino_dim, n_patches = two_d[chan[0]].shape[1] // 2, two_d[square[0]].shape[0]
-        def bias_of(weight_key, size):
-            twin = weight_key.replace("weight", "bias")
-            if twin != weight_key and twin in one_d and one_d[twin].shape[0] == size:
-                return [twin]
-            return [k for k, v in one_d.items() if v.shape[0] == size]
-
-        chan_b = bias_of(chan[0], width)
-        patch_b = [k for k in bias_of(square[0], n_patches) if k not in chan_b]
-        if len(chan_b) != 1 or len(patch_b) != 1:
-            raise MatcherError(f"{src}: cannot identify the two CPM bias vectors among {list(one_d)}")
+        sd = _cpm_state(data, src)
+        g, cw, pw = sd["global_tokens"], sd["channel.weight"], sd["patch.weight"]
+        if g.dim() != 2 or cw.dim() != 2 or pw.dim() != 2 or cw.shape[1] % 2:
+            raise MatcherError(f"{src}: CPM tensors have unexpected shapes {[tuple(v.shape) for v in sd.values()]}")
+        width, dino_dim, n_patches = g.shape[1], cw.shape[1] // 2, pw.shape[0]
         module = build_prompt("cpm", width, dino_dim=dino_dim, n_patches=n_patches)
-        sd = {"global_tokens": two_d[glob[0]], "channel.weight": two_d[chan[0]], "channel.bias": one_d[chan_b[0]],
-              "patch.weight": two_d[square[0]], "patch.bias": one_d[patch_b[0]], "pos": two_d[pos[0]], "alpha": two_d[alpha[0]]}
-        module.load_state_dict(sd)
+        try:
+            module.load_state_dict(sd)
+        except RuntimeError as exc:
+            raise MatcherError(f"{src}: CPM tensors do not fit together ({str(exc).splitlines()[-1].strip()[:160]})") from None
         cats = []
     else:
         raise MatcherError(f"unknown variant {variant!r}; valid: {', '.join(VARIANTS)}")

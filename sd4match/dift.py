@@ -1,8 +1,9 @@
 """DIFT: zero-shot Stable Diffusion features (Tang et al., NeurIPS 2023), through the dense base.
 
-Defaults are the paper's: SD-2.1, t = 261, up_blocks[1], ensemble 8, 768 x 768 input, prompt
-"a photo of a {category}" through the CLIP tokenizer and text encoder (no classifier-free
-guidance). Readouts: DIFT's own ``upsampled-nn`` (features upsampled to the original images,
+Defaults are the paper's: SD-2.1, t = 261, up_blocks[1], ensemble 8, 768 x 768 input (Pillow
+bicubic resize, as DIFT's ``Image.resize`` default), prompt "a photo of a {category}" through the
+CLIP tokenizer and text encoder (no classifier-free guidance), one VAE posterior sample per
+ensemble member (DIFT repeats the image before the VAE). Readouts: DIFT's own ``upsampled-nn`` (features upsampled to the original images,
 argmax) and the 48 x 48 grid readouts.
 """
 
@@ -18,7 +19,11 @@ from .base import SDConfig, SDMatcherBase
 
 @dataclass(frozen=True)
 class DiftConfig(SDConfig):
+    """DIFT's own protocol: Pillow bicubic resize, one VAE posterior sample per ensemble member."""
+
     prompt: str = "a photo of a {category}"
+    resize: str = "bicubic"
+    posterior: str = "per-member"
     readout: str = "upsampled-nn,nn,soft-argmax,kernel-soft-argmax,window-soft-argmax"
 
 

@@ -7,9 +7,16 @@ embeddings as cross-attention context and is stopped right after ``up_blocks[up_
 forward hook (diffusers' own forward is used unchanged); the ensemble repeats this E times with
 independent noise and averages the feature maps.
 
-Randomness is seeded per image: the posterior sample and the E noise draws come from a CPU
+Randomness is seeded per image: the posterior sample(s) and the E noise draws come from a CPU
 generator seeded with ``hash(seed, image key)``, so a result does not depend on batch
-composition or device.
+composition or device. ``posterior="per-member"`` (DIFT: the image is repeated E times before the
+VAE) draws one posterior sample per ensemble member; ``"per-image"`` (SD4Match: the latent is
+repeated after sampling) draws one shared by the E members. Either way the VAE encoder runs once
+per image: the posterior (mean, std) is cached and sampled as ``mean + std * eps``.
+
+The draws come from :attr:`SDFeaturizer.noise_source`, a callable that can be replaced to replay
+recorded draws (the faithfulness tests feed the reference code's own ``eps`` and ``noise``);
+production code never changes it.
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ class SDFeaturizer:
             for block in [*unet.down_blocks, unet.mid_block, *unet.up_blocks[: up_block + 1]]:
                 if block is not None:
                     block.compile(dynamic=False)
+        #: ``(keys, seed, shape, ensemble, n_eps) -> (eps (B, n_eps, *shape), noise (B, E, *shape))``;
+        #: replaceable to replay recorded draws (tests); the default is the per-image seeded draw
+        self.noise_source = self._noise
         self._captured: torch.Tensor | None = None
         self._hook = components.unet.up_blocks[up_block].register_forward_hook(self._capture)
 
@@ -113,36 +123,43 @@ class SDFeaturizer:
         dist = self.c.vae.encode(x).latent_dist
         return dist.mean, dist.std
 
-    def _noise(self, keys: list[str], seed: int, shape: tuple, ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior-sample noise ``(B, *shape)`` and ensemble noise ``(B, E, *shape)``, drawn on the
+    def _noise(self, keys: list[str], seed: int, shape: tuple, ensemble: int, n_eps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior-sample noise ``(B, n_eps, *shape)`` and ensemble noise ``(B, E, *shape)``, drawn on the
         CPU per image. For CUDA they are written into pinned memory, so the copy to the GPU does
         not wait for the work already queued there."""
         pin = self.device.type == "cuda"
-        eps = torch.empty((len(keys), *shape), pin_memory=pin)
+        eps = torch.empty((len(keys), n_eps, *shape), pin_memory=pin)
         noise = torch.empty((len(keys), ensemble, *shape), pin_memory=pin)
         for j, k in enumerate(keys):
             g = torch.Generator().manual_seed(image_seed(seed, k))
-            torch.randn(shape, generator=g, out=eps[j])
+            torch.randn((n_eps, *shape), generator=g, out=eps[j])
             torch.randn((ensemble, *shape), generator=g, out=noise[j])
         return eps, noise
 
     def features(self, mean: torch.Tensor, std: torch.Tensor, context: torch.Tensor, *, keys: list[str], t: int,
-                 ensemble: int, seed: int) -> torch.Tensor:
+                 ensemble: int, seed: int, posterior: str = "per-image") -> torch.Tensor:
         """Ensemble-averaged UNet features.
 
         Args:
             mean, std: VAE posterior ``(B, 4, h, w)``.
             context: ``(B, 77, D)`` prompt embeddings (text or learned prompts).
             keys: one stable key per image (content hash) for the per-image seeded noise.
+            posterior: ``per-image`` (one latent sample shared by the E members) or ``per-member``.
         Shape: -> ``(B, C, h', w')`` float32. Differentiable with respect to ``context`` (training);
         callers that only evaluate wrap it in ``torch.no_grad()``.
         """
-        B = mean.shape[0]
-        eps, noise = self._noise(keys, seed, tuple(mean.shape[1:]), ensemble)
+        if posterior not in POSTERIOR:
+            raise ValueError(f"posterior must be one of {', '.join(POSTERIOR)}, got {posterior!r}")
+        B, shape = mean.shape[0], tuple(mean.shape[1:])
+        n_eps = ensemble if posterior == "per-member" else 1
+        eps, noise = self.noise_source(keys, seed, shape, ensemble, n_eps)
+        if tuple(eps.shape) != (B, n_eps, *shape) or tuple(noise.shape) != (B, ensemble, *shape):
+            raise ValueError(f"noise_source gave eps {tuple(eps.shape)} and noise {tuple(noise.shape)}, expected "
+                             f"{(B, n_eps, *shape)} and {(B, ensemble, *shape)}")
         eps = eps.to(mean.device, non_blocking=True).to(mean.dtype)
-        latents = (mean + std * eps) * self.c.vae.config.scaling_factor
-        lat = latents[:, None].expand(B, ensemble, *latents.shape[1:]).reshape(B * ensemble, *latents.shape[1:])
-        noise = noise.to(lat.device, non_blocking=True).to(lat.dtype).reshape(B * ensemble, *latents.shape[1:])
+        latents = (mean[:, None] + std[:, None] * eps) * self.c.vae.config.scaling_factor  # (B, n_eps, ...)
+        lat = latents.expand(B, ensemble, *shape).reshape(B * ensemble, *shape)
+        noise = noise.to(lat.device, non_blocking=True).to(lat.dtype).reshape(B * ensemble, *shape)
         tt = torch.full((B * ensemble,), int(t), device=lat.device, dtype=torch.long)
         noisy = self.c.scheduler.add_noise(lat, noise, tt)
         ctx = context.to(lat.device, self.dtype)
@@ -184,6 +201,9 @@ class SDFeaturizer:
         self.events[-1][1].synchronize()
         return sum(s.elapsed_time(e) for s, e in self.events) / 1e3
 
+
+#: ``posterior`` values: one VAE posterior sample per image (SD4Match) or per ensemble member (DIFT)
+POSTERIOR = ("per-image", "per-member")
 
 #: ``attention`` values: PyTorch's own choice, or one scaled-dot-product-attention backend forced
 ATTENTION = ("auto", "flash", "efficient", "cudnn", "math")

@@ -19,7 +19,7 @@ from benchmarks.matchers.base import ConfigError, MatcherError
 from . import checkpoint as ckpt
 from .base import ImageStore, SDConfig, SDMatcherBase
 from .dino import default_dino_id, dims, load_dino, patch_tokens, preprocess
-from .prompts import PromptEncoder, build_prompt
+from .prompts import PROMPT_FORMAT, PromptEncoder, build_prompt
 
 #: categories a class prompt may be asked for when no checkpoint fixes them (untrained runs)
 KNOWN_CATEGORIES = sorted({
@@ -84,10 +84,18 @@ class SD4MatchMatcher(SDMatcherBase):
         else:
             torch.manual_seed(self.config.seed)
             module = build_prompt(self.variant, width, KNOWN_CATEGORIES, dino_dim=dino_dim or 768,
-                                  n_patches=n_patches or 256)
-            self._ckpt_meta = {"sha256": f"untrained-seed-{self.config.seed}"}
+                                  n_patches=n_patches or 256, text_encoder=sd.c.text_encoder,
+                                  generator=torch.Generator().manual_seed(self.config.seed))
+            self._ckpt_meta = {"sha256": f"untrained-seed-{self.config.seed}", "prompt_format": PROMPT_FORMAT}
         self._prompt = module.to(self.device).eval().requires_grad_(False)
-        self._encoder = PromptEncoder(sd.c.text_encoder, sd.c.tokenizer)
+        legacy = self._ckpt_meta.get("prompt_format") == 1
+        if legacy:
+            import warnings
+
+            warnings.warn(f"{self._ckpt_meta.get('file')}: prompt format 1 (written before corrbench adopted SD4Match's "
+                          "prompt encoding); CLIP position embeddings are added to its rows, as when it was trained",
+                          stacklevel=2)
+        self._encoder = PromptEncoder(sd.c.text_encoder, sd.c.tokenizer, legacy_positions=legacy)
 
     @property
     def dino(self):
@@ -129,7 +137,7 @@ class SD4MatchMatcher(SDMatcherBase):
 
     def describe(self) -> dict:
         return {**super().describe(), "variant": self.variant, "checkpoint": self.config.checkpoint,
-                "checkpoint_sha256": self._ckpt_meta.get("sha256")}
+                "checkpoint_sha256": self._ckpt_meta.get("sha256"), "prompt_format": self._ckpt_meta.get("prompt_format")}
 
 
 class SingleMatcher(SD4MatchMatcher):

@@ -35,7 +35,7 @@ import numpy as np
 
 from .dino import default_dino_id
 from .models import default_model_id
-from .prompts import VARIANTS
+from .prompts import PROMPT_FORMAT, VARIANTS
 
 DEFAULT_EPOCHS = {"spair-71k": 5, "pf-pascal": 90, "pf-willow": 1}
 
@@ -158,9 +158,10 @@ class Trainer:
             self.dino = (model.to(self.device), spec)
             n_patches, dino_dim = dims(model, spec)
         self.dino_dim, self.n_patches = dino_dim, n_patches
-        torch.manual_seed(cfg.seed)
-        self.prompt = build_prompt(cfg.variant, self.width, self.categories, dino_dim=dino_dim,
-                                   n_patches=n_patches).to(self.device)
+        torch.manual_seed(cfg.seed)  # CPM's initial values (SD4Match's captioner draws them from torch's generator)
+        self.prompt = build_prompt(cfg.variant, self.width, self.categories, dino_dim=dino_dim, n_patches=n_patches,
+                                   text_encoder=comps.text_encoder,
+                                   generator=torch.Generator().manual_seed(cfg.seed)).to(self.device)
         linear = {id(p) for p in (self.prompt.linear_parameters() if cfg.variant == "cpm" else [])}
         groups = [{"params": [p for p in self.prompt.parameters() if id(p) not in linear], "lr": cfg.lr}]
         if linear:
@@ -204,9 +205,7 @@ class Trainer:
 
     def loss_for(self, rows: list[dict], step: int):
         """The training loss of ``rows`` at ``step`` (differentiable w.r.t. the prompt)."""
-        from benchmarks.dense import to_grid
-
-        from .loss import gaussian_ce_loss
+        from .loss import frame_to_grid, gaussian_ce_loss
 
         torch, cfg = self.torch, self.cfg
         S = cfg.image_size
@@ -242,8 +241,8 @@ class Trainer:
         valid = torch.zeros(B, K, dtype=torch.bool)
         for b in range(B):
             n = len(kp_s[b])
-            sx[b, :n] = to_grid(torch.as_tensor(kp_s[b], dtype=torch.float32), sizes[b][0], S, hw)
-            tx[b, :n] = to_grid(torch.as_tensor(kp_t[b], dtype=torch.float32), sizes[b][1], S, hw)
+            sx[b, :n] = frame_to_grid(torch.as_tensor(kp_s[b], dtype=torch.float32), sizes[b][0], S, hw)
+            tx[b, :n] = frame_to_grid(torch.as_tensor(kp_t[b], dtype=torch.float32), sizes[b][1], S, hw)
             valid[b, :n] = True
         dev = fs.device
         return gaussian_ce_loss(fs, ft, sx.to(dev), tx.to(dev), valid.to(dev), cfg.temperature, cfg.window, cfg.sigma)
@@ -337,11 +336,14 @@ class Trainer:
         differ = [k for k in mine if k not in ("max_steps", "epochs", "device") and saved.get(k) != mine[k]]
         if differ:
             raise TrainError(f"{self.out / 'config.json'}: --resume with different settings ({', '.join(differ)})")
-        module, _ = ckpt.load(self.out / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
-                              dino_dim=self.dino_dim if self.cfg.variant == "cpm" else None,
-                              n_patches=self.n_patches if self.cfg.variant == "cpm" else None)
+        module, meta = ckpt.load(self.out / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
+                                 dino_dim=self.dino_dim if self.cfg.variant == "cpm" else None,
+                                 n_patches=self.n_patches if self.cfg.variant == "cpm" else None)
+        if meta["prompt_format"] != PROMPT_FORMAT:
+            raise TrainError(f"{self.out / ckpt.LAST}: prompt format {meta['prompt_format']} (trained before corrbench "
+                             f"adopted SD4Match's prompt encoding) cannot be resumed; evaluate it as it is, or start a new run")
         self.prompt.load_state_dict(module.state_dict())
-        state = self.torch.load(state_path, map_location=self.device, weights_only=False)
+        state = self.torch.load(state_path, map_location=self.device, weights_only=True)
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.best = int(state["step"]), float(state["best"])
         if (self.out / "train_log.csv").is_file():

@@ -51,7 +51,7 @@ def test_prompt_encoder_shapes_and_bos_eos():
     ctx = enc(tokens)
     assert ctx.shape == (2, 77, 16)
     # causal mask: the BOS position does not see the learned tokens
-    ctx2 = enc(tokens + 1.0)
+    ctx2 = enc(tokens + torch.randn(2, 75, 16))
     torch.testing.assert_close(ctx[:, 0], ctx2[:, 0])
     assert not torch.allclose(ctx[:, 5], ctx2[:, 5])
     with pytest.raises(ValueError, match=r"prompt tokens must be \(B, 75, 16\)"):
@@ -73,39 +73,34 @@ def test_class_prompt_unknown_category():
 
 # ----------------------------------------------------------------------------- loss
 def _hand_loss(src, trg, s_xy, t_xy, T, sigma, radius):
+    """SD4Match's rule by hand: fixed Gaussian density weights, strict mask 0 < x < w-1, no renormalising."""
     v = src[:, s_xy[1], s_xy[0]]
-    v = v / np.linalg.norm(v)
-    t = trg / np.linalg.norm(trg, axis=0, keepdims=True)
+    v = v / (np.linalg.norm(v) + 1e-6)
+    t = trg / (np.linalg.norm(trg, axis=0, keepdims=True) + 1e-6)
     cos = np.einsum("c,chw->hw", v, t)
     p = np.exp(cos / T)
     p /= p.sum()
     h, w = cos.shape
-    num, wsum = 0.0, 0.0
+    num = 0.0
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             x, y = t_xy[0] + dx, t_xy[1] + dy
-            if 0 <= x < w and 0 <= y < h:
-                g = math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma))
+            if 0 < x < w - 1 and 0 < y < h - 1:
+                g = math.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)) / (2 * math.pi * sigma * sigma)
                 num += g * math.log(p[y, x])
-                wsum += g
-    return -num / wsum
+    return -num
 
 
-@pytest.mark.parametrize("t_xy", [(1, 1), (0, 2)])
-def test_loss_matches_hand_computation_3x3(t_xy):
+@pytest.mark.parametrize("t_xy", [(2, 2), (0, 3), (4, 4)])
+def test_loss_matches_hand_computation_5x5(t_xy):
     rng = np.random.default_rng(0)
-    src = rng.normal(size=(4, 3, 3))
-    trg = rng.normal(size=(4, 3, 3))
-    expect = _hand_loss(src, trg, (2, 0), t_xy, 0.5, 1.5, 1)
-    expect7 = _hand_loss(src, trg, (2, 0), t_xy, 0.5, 1.5, 3)
+    src = rng.normal(size=(4, 5, 5))
+    trg = rng.normal(size=(4, 5, 5))
     args = (torch.tensor(src[None]), torch.tensor(trg[None]), torch.tensor([[[2.0, 0.0]]]),
             torch.tensor([[list(map(float, t_xy))]]), torch.tensor([[True]]))
-    got3 = gaussian_ce_loss(*args, temperature=0.5, window=3, sigma=1.5)
-    got7 = gaussian_ce_loss(*args, temperature=0.5, window=7, sigma=1.5)  # cells off the map are masked
-    assert got3.item() == pytest.approx(expect, rel=1e-5)
-    assert got7.item() == pytest.approx(expect7, rel=1e-5)
-    if t_xy == (1, 1):  # centred on a 3 x 3 map, the 7 x 7 window holds exactly the 3 x 3 cells
-        assert got7.item() == pytest.approx(expect, rel=1e-5)
+    for window in (3, 7):  # window cells off the strict interior are masked, not renormalised
+        got = gaussian_ce_loss(*args, temperature=0.5, window=window, sigma=1.5)
+        assert got.item() == pytest.approx(_hand_loss(src, trg, (2, 0), t_xy, 0.5, 1.5, window // 2), rel=1e-5)
 
 
 def test_loss_averages_valid_keypoints_and_pairs():

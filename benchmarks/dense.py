@@ -36,7 +36,8 @@ DENSE_READOUTS = (*R.READOUTS, "upsampled-nn")
 #: ``resize`` values -> Pillow's resampling filters
 RESIZE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS", "nearest": "NEAREST"}
 #: settings that do not change the features (left out of the feature-cache key)
-NON_FEATURE_SETTINGS = ("readout", "batch_size", "cache_dir", "temperature", "kernel_sigma", "window_radius")
+NON_FEATURE_SETTINGS = ("readout", "batch_size", "cache_dir", "temperature", "kernel_sigma", "window_radius",
+                        "geoaware_window", "geoaware_beta")
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,21 @@ class DenseConfig(MatcherConfig):
     temperature: softmax temperature of the soft readouts; kernel_sigma: Gaussian sigma in grid
         cells (kernel soft-argmax); window_radius: half-width in cells (window soft-argmax).
     cache_dir: feature cache folder ("" = no cache).
+    dtype: ``float32``, ``float16``, ``bfloat16`` or ``auto`` (float32 on the CPU; on a GPU the
+        precision the method's authors evaluated in, the matcher's ``gpu_dtype``). The resolved
+        precision is what the run records.
     """
 
     image_size: int = 768
     resize: str = "bilinear"
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"
     readout: str = "nn,soft-argmax,kernel-soft-argmax,window-soft-argmax"
     temperature: float = 0.04
     kernel_sigma: float = 7.0
     window_radius: int = 3
+    geoaware_window: int = 7
+    geoaware_beta: float = 0.02
     cache_dir: str = ""
 
 
@@ -92,7 +98,7 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; valid: float32, float16, bfloat16")
+        raise ConfigError(f"unknown dtype {name!r}; valid: auto, float32, float16, bfloat16")
     return DTYPES[name]
 
 
@@ -124,6 +130,16 @@ def sample_at(feat: torch.Tensor, grid_xy: torch.Tensor) -> torch.Tensor:
     norm = torch.stack([grid_xy[:, 0] / max(w - 1, 1) * 2 - 1, grid_xy[:, 1] / max(h - 1, 1) * 2 - 1], dim=1)
     out = F.grid_sample(feat[None].float(), norm[None, :, None, :].float(), mode="bilinear", align_corners=True)
     return out[0, :, :, 0].T
+
+
+def patch_at(feat: torch.Tensor, xy: torch.Tensor, size: tuple[float, float]) -> torch.Tensor:
+    """The feature of the cell *containing* each original pixel (x, y) of an image of ``size`` (W0, H0)
+    (GeoAware-SC's convention: cell = floor(x * w / W0)). Shape: (C, h, w), (N, 2) -> (N, C)."""
+    C, h, w = feat.shape
+    (W0, H0) = size
+    cx = (xy[:, 0] * (w / W0)).floor().long().clamp(0, w - 1)
+    cy = (xy[:, 1] * (h / H0)).floor().long().clamp(0, h - 1)
+    return feat[:, cy, cx].T.float()
 
 
 def cosine_maps(src_vec: torch.Tensor, trg_feat: torch.Tensor) -> torch.Tensor:
@@ -179,12 +195,17 @@ class DenseMatcher(Matcher):
     needs_images = True
     #: True when a pair's features depend on both images (CPM): nothing is shared between pairs
     per_pair_features = False
+    #: the precision ``dtype=auto`` resolves to on a GPU (the authors' evaluation precision)
+    gpu_dtype = "float32"
     #: True: :meth:`extract` gets a list of ``(3, S, S)`` host tensors and uploads what it needs itself
     #: (matchers that cache per-image work, so that a cached image costs no host-to-device copy)
     host_images = False
 
     def __init__(self, config=None):
         super().__init__(config)
+        if self.config.dtype == "auto":  # resolved before anything hashes the config
+            on_gpu = str(self.config.device).startswith("cuda")
+            self.config = dataclasses.replace(self.config, dtype=self.gpu_dtype if on_gpu else "float32")
         cfg = self.config
         names = [r.strip() for r in cfg.readout.split(",") if r.strip()]
         bad = [r for r in names if r not in DENSE_READOUTS]
@@ -195,6 +216,11 @@ class DenseMatcher(Matcher):
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {cfg.batch_size!r}")
         if cfg.image_size < 2:
             raise ConfigError(f"image_size must be >= 2, got {cfg.image_size}")
+        if not (cfg.temperature > 0 and cfg.kernel_sigma > 0 and cfg.window_radius >= 0 and cfg.geoaware_window >= 0
+                and cfg.geoaware_beta > 0):
+            raise ConfigError("temperature, kernel_sigma and geoaware_beta must be > 0, window_radius and "
+                              f"geoaware_window >= 0; got {cfg.temperature}, {cfg.kernel_sigma}, {cfg.geoaware_beta}, "
+                              f"{cfg.window_radius}, {cfg.geoaware_window}")
         if cfg.resize not in RESIZE:
             raise ConfigError(f"resize must be one of {', '.join(RESIZE)}, got {cfg.resize!r}")
         self.device = resolve_device(cfg.device)
@@ -439,15 +465,21 @@ class DenseMatcher(Matcher):
             flat = flat.pin_memory()
         flat = flat.to(self.device, non_blocking=True)
         starts = np.concatenate([[0], np.cumsum(counts)])
-        grid_readouts = [r for r in self._readouts if r != "upsampled-nn"]
+        grid_readouts = [r for r in self._readouts if r != "upsampled-nn" and r not in R.PATCH_READOUTS]
+        patch_readouts = [r for r in self._readouts if r in R.PATCH_READOUTS]
         sims, scales = [], []  # per pair with keypoints: (N, h, w) similarities, grid -> pixel factors
+        psims, pscales = [], []  # the same in the patch convention (patch containing the keypoint, patch centres)
         for k, (p, (fs, ft)) in enumerate(zip(pairs, self.pair_features(pairs))):
             if counts[k] == 0:
                 continue
             src_xy = flat[starts[k]:starts[k + 1]]
             grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]))
-            sims.append(cosine_maps(sample_at(fs, grid_src), ft))
-            scales.append(grid_to_pixel(p.trg_size, S, tuple(ft.shape[1:])))
+            if grid_readouts:
+                sims.append(cosine_maps(sample_at(fs, grid_src), ft))
+                scales.append(grid_to_pixel(p.trg_size, S, tuple(ft.shape[1:])))
+            if patch_readouts:
+                psims.append(cosine_maps(patch_at(fs, src_xy, p.src_size), ft))
+                pscales.append((p.trg_size[0] / ft.shape[2], p.trg_size[1] / ft.shape[1]))
             if "upsampled-nn" in self._readouts:
                 sq = None
                 if not self.per_pair_features:  # the target's norm map depends on the target image only
@@ -469,6 +501,13 @@ class DenseMatcher(Matcher):
             for r in grid_readouts:
                 g = R.apply(r, sim, temperature=cfg.temperature, sigma=cfg.kernel_sigma, radius=cfg.window_radius)
                 out[r].append(g.float() * factor)
+        if psims:
+            sim = torch.cat(psims)
+            factor = torch.from_numpy(np.repeat(np.array(pscales, dtype=np.float32), [c for c in counts if c], axis=0))
+            factor = factor.to(self.device, non_blocking=True)
+            for r in patch_readouts:
+                g = R.apply(r, sim, geoaware_window=cfg.geoaware_window, geoaware_beta=cfg.geoaware_beta)
+                out[r].append((g.float() + 0.5) * factor)  # patch centres
         # one device-to-host transfer per readout and batch, not waited for here
         host = {r: torch.cat(preds).to("cpu", non_blocking=True) if preds else torch.zeros((0, 2))
                 for r, preds in out.items()}
@@ -493,8 +532,13 @@ class DenseMatcher(Matcher):
         return row["category"]
 
     def describe(self) -> dict:
-        return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+        return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "precision": precision_name(self.dtype),
                 "feature_hash": self.feature_hash, **self.stats}
+
+
+def precision_name(dtype: torch.dtype) -> str:
+    """The name a results row records: float32, float16 or bfloat16."""
+    return str(dtype).replace("torch.", "")
 
 
 def _hash(name: str, settings: dict) -> str:

@@ -23,15 +23,15 @@ from .pck import PairArrays, aggregate, hits, per_pair
 from .protocol import Protocol, protocols_for
 
 RESULT_COLUMNS = [
-    "matcher", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout",
+    "matcher", "dataset", "split", "precision", "protocol", "threshold", "frame", "aggregate", "readout",
     "direction", "category", "alpha", "pck", "n_pairs", "n_kps",
 ]
-BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:9] + ["breakdown", "level", "alpha", "pck", "n_pairs", "n_kps"]
+BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:10] + ["breakdown", "level", "alpha", "pck", "n_pairs", "n_kps"]
 
 
 def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
     return {
-        **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
+        "precision": "n/a", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
         "aggregate": proto.aggregate, "readout": readout, "direction": proto.direction, **kw,
     }
 
@@ -104,7 +104,7 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 
 def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, protocol_names: list[str] | None,
-                  matcher: str, layout: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  matcher: str, layout: str | None = None, precision: str = "unknown") -> tuple[pd.DataFrame, pd.DataFrame]:
     import loaders
 
     from . import predictions as P
@@ -113,7 +113,7 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
     pred = P.read(predictions)
     rows, xy = P.align(pred, table, source=str(predictions))
     protos = protocols_for(dataset, protocol_names)
-    return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split})
+    return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,15 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = args.out or args.predictions.parent
     matcher = args.matcher
+    precision = "unknown"
     run_json = args.predictions.parent / "run.json"
-    if matcher is None and run_json.is_file():
+    if run_json.is_file():
         try:
-            matcher = json.loads(run_json.read_text()).get("matcher")
-        except (json.JSONDecodeError, OSError):
-            matcher = None
+            record = json.loads(run_json.read_text())
+            if isinstance(record, dict):
+                matcher = matcher or record.get("matcher")
+                precision = str(record.get("precision") or precision)
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+            pass
     try:
         results, breakdowns = evaluate_file(args.predictions, args.dataset, args.data_root, args.split,
-                                            args.protocol, matcher or "unknown", args.layout)
+                                            args.protocol, matcher or "unknown", args.layout, precision)
         write_text(out / "results.csv", to_csv_text(results))
         write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
     except (DatasetError, PredictionError, ValueError) as exc:

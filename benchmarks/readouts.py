@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import torch
 
-READOUTS = ("nn", "soft-argmax", "kernel-soft-argmax", "window-soft-argmax")
+READOUTS = ("nn", "soft-argmax", "kernel-soft-argmax", "window-soft-argmax", "geoaware-soft-argmax")
+#: readouts whose source feature is the patch *containing* the keypoint and whose predictions are patch
+#: centres (GeoAware-SC's conventions); the others sample bilinearly with align corners
+PATCH_READOUTS = ("geoaware-soft-argmax",)
 
 
 def _grid(h: int, w: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +55,12 @@ def kernel_soft_argmax(sim: torch.Tensor, sigma: float = 7.0, temperature: float
 
 
 def window_soft_argmax(sim: torch.Tensor, radius: int = 3, temperature: float = 0.04) -> torch.Tensor:
-    """Soft-argmax restricted to the (2 radius + 1)^2 cells around the argmax (cut at the borders)."""
+    """Soft-argmax restricted to the (2 radius + 1)^2 cells around the argmax (cut at the borders).
+
+    This toolkit's own window readout: cells outside the window get probability 0 (-inf logits),
+    temperature 0.04, align-corners grid. GeoAware-SC's differs (outside cells keep similarity 0
+    and still take part in the softmax, beta 0.02, patch centres): see :func:`geoaware_soft_argmax`.
+    """
     N, h, w = sim.shape
     centre = nearest_neighbour(sim).float()
     gy, gx = _grid(h, w, sim.device, torch.float32)
@@ -62,7 +70,29 @@ def window_soft_argmax(sim: torch.Tensor, radius: int = 3, temperature: float = 
     return _expectation(p)
 
 
-def apply(name: str, sim: torch.Tensor, *, temperature: float = 0.04, sigma: float = 7.0, radius: int = 3) -> torch.Tensor:
+def geoaware_soft_argmax(sim: torch.Tensor, window: int = 7, beta: float = 0.02) -> torch.Tensor:
+    """GeoAware-SC's soft evaluation readout (its ``get_flow`` + ``soft_argmax``).
+
+    The similarity is *multiplied* by a 0/1 mask that keeps the (2 window + 1)^2 cells around the
+    argmax (cut at the borders), so cells outside become 0, not -inf; then softmax(sim / beta) over
+    **all** cells and the expected position, clamped to the map. ``window <= 0``: no mask (plain
+    soft-argmax with beta). Shape: (N, h, w) -> (N, 2) grid cells; map them back with patch
+    centres (pixel = (g + 0.5) x patch size), not align corners.
+    """
+    N, h, w = sim.shape
+    s = sim.float()
+    if window > 0:
+        centre = nearest_neighbour(s)
+        gy, gx = _grid(h, w, sim.device, torch.float32)
+        inside = ((gx[None] - centre[:, 0, None, None]).abs() <= window) & ((gy[None] - centre[:, 1, None, None]).abs() <= window)
+        s = s * inside
+    p = torch.softmax(s.reshape(N, -1) / beta, dim=1).reshape(N, h, w)
+    g = _expectation(p)
+    return torch.stack([g[:, 0].clamp(0, w - 1), g[:, 1].clamp(0, h - 1)], dim=1)
+
+
+def apply(name: str, sim: torch.Tensor, *, temperature: float = 0.04, sigma: float = 7.0, radius: int = 3,
+          geoaware_window: int = 7, geoaware_beta: float = 0.02) -> torch.Tensor:
     """Run the readout called ``name`` (one of :data:`READOUTS`)."""
     if name == "nn":
         return nearest_neighbour(sim).float()
@@ -72,4 +102,6 @@ def apply(name: str, sim: torch.Tensor, *, temperature: float = 0.04, sigma: flo
         return kernel_soft_argmax(sim, sigma, temperature)
     if name == "window-soft-argmax":
         return window_soft_argmax(sim, radius, temperature)
+    if name == "geoaware-soft-argmax":
+        return geoaware_soft_argmax(sim, geoaware_window, geoaware_beta)
     raise ValueError(f"unknown readout {name!r}; valid: {', '.join(READOUTS)}")

@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protocol", action="append", default=None, help="protocol preset, repeatable (default: all)")
     p.add_argument("--model-id", dest="model_id", default=None, help="hub id or local folder of the model")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16")
+    p.add_argument("--dtype", default=None, help="auto (default: float32 on CPU, the authors' precision on GPU), float32, float16 or bfloat16")
     p.add_argument("--batch-size", dest="batch_size", default=None,
                    help="images (pairs for CPM) per forward pass, or 'auto' for the largest that fits")
     p.add_argument("--seed", type=int, default=None)
@@ -243,7 +243,8 @@ def run(args) -> Path:
     pred = pred.sort_by([("readout", "ascending")]) if pred.num_rows else pred
     rows, xy = P.align(pred, table, source=str(out / "predictions.parquet"))
     t2 = time.perf_counter()
-    meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split}
+    precision = matcher.describe().get("precision", "n/a")
+    meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split, "precision": precision}
     results, breakdowns = evaluate(rows, xy, protocols, meta)
     t_eval = time.perf_counter() - t2
 
@@ -265,6 +266,7 @@ def run(args) -> Path:
         "protocols": [p.to_dict() for p in protocols],
         "seed": getattr(matcher.config, "seed", None),
         "device": matcher.describe().get("device", "cpu"),
+        "precision": precision,
         "matcher_info": matcher.describe(),
         "versions": package_versions(),
         "git": git_hash(),

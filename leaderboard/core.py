@@ -17,7 +17,7 @@ import pandas as pd
 
 from loaders.atomic import atomic_path, write_text
 
-KEY = ["kind", "method", "run", "split", "protocol", "frame", "threshold", "aggregate", "readout"]
+KEY = ["kind", "method", "run", "split", "precision", "protocol", "frame", "threshold", "aggregate", "readout"]
 
 
 class LeaderboardError(ValueError):
@@ -34,6 +34,9 @@ def read_reported(path: str | Path | None = None) -> pd.DataFrame:
     df = df.rename(columns={"source": "run"})
     df["kind"] = "reported"
     df["note"] = df["note"].fillna("")
+    if "precision" not in df.columns:
+        df["precision"] = "unknown"
+    df["precision"] = df["precision"].fillna("unknown").astype(str)
     return df
 
 
@@ -58,6 +61,9 @@ def read_run(run_dir: str | Path) -> pd.DataFrame:
         except json.JSONDecodeError as exc:
             raise LeaderboardError(f"{meta}: malformed JSON ({exc.msg})") from None
     df = df.rename(columns={"matcher": "method"})
+    if "precision" not in df.columns:  # results written before precision was recorded
+        df["precision"] = "unknown"
+    df["precision"] = df["precision"].fillna("unknown").astype(str)
     df["kind"] = "measured"
     df["run"] = f"{run_dir.name}" + (f" [{chash}]" if chash and chash not in run_dir.name else "")
     df["note"] = ""

@@ -1,7 +1,8 @@
 """Frozen DINOv2 patch tokens for the CPM, with a per-image cache.
 
-Preprocessing follows the default DINOv2 image processor: resize the short side to 256
-(bicubic), centre-crop 224, ImageNet mean/std. ViT-B/14 then gives 16 x 16 = 256 patch tokens of
+Preprocessing equals the default DINOv2 image processor of Hugging Face (``BitImageProcessor``,
+tested): resize the short side to 256 (bicubic; the long side truncated to an integer), centre-crop
+224, ImageNet mean/std. ViT-B/14 then gives 16 x 16 = 256 patch tokens of
 width 768 (the CLS token is dropped).
 """
 
@@ -73,19 +74,26 @@ def load_dino(model_id: str, seed: int = 0):
     return model.eval().requires_grad_(False), DinoSpec()
 
 
+def resized_size(W: int, H: int, short: int) -> tuple[int, int]:
+    """Hugging Face's shortest-edge resize: the short side becomes ``short`` and the long side
+    ``int(short * long / short_side)`` (truncated, not rounded). -> (width, height)."""
+    if W <= H:
+        return short, int(short * H / W)
+    return int(short * W / H), short
+
+
 def preprocess(image, spec: DinoSpec) -> torch.Tensor:
-    """A PIL image -> ``(3, crop, crop)``: short side resized (bicubic), centre crop, normalised."""
+    """A PIL image -> ``(3, crop, crop)`` as the DINOv2 image processor makes it: short side resized
+    (bicubic, long side truncated), centre crop (offsets ``(size - crop) // 2``), ImageNet mean/std."""
     import numpy as np
     from PIL import Image
 
     img = image.convert("RGB")
-    W, H = img.size
-    s = spec.resize / min(W, H)
-    w, h = max(spec.crop, round(W * s)), max(spec.crop, round(H * s))
+    w, h = resized_size(*img.size, spec.resize)
     img = img.resize((w, h), Image.BICUBIC)
     left, top = (w - spec.crop) // 2, (h - spec.crop) // 2
-    img = img.crop((left, top, left + spec.crop, top + spec.crop))
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    img = img.crop((left, top, left + spec.crop, top + spec.crop))  # Pillow pads with 0 if the image is smaller
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) * np.float32(1 / 255)).permute(2, 0, 1)
     mean = torch.tensor(MEAN).view(3, 1, 1)
     std = torch.tensor(STD).view(3, 1, 1)
     return (x - mean) / std

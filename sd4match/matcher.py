@@ -47,6 +47,8 @@ TINY = {"model_id": "tiny", "dino_id": "tiny", "image_size": 64, "ensemble": 2, 
 
 class SD4MatchMatcher(SDMatcherBase):
     variant = ""
+    #: SD4Match evaluates under float16 autocast on GPUs
+    gpu_dtype = "float16"
     Config = SD4MatchConfig
     presets = {"tiny": TINY, "fast": {"ensemble": 1}}
 

@@ -86,14 +86,16 @@ class PromptEncoder(nn.Module):
             handle.remove()
 
 
-def text_init(text_encoder, n_rows: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """SD4Match's Single/Class initialisation: token embeddings of uniformly drawn vocabulary ids plus
-    CLIP's position embeddings 1..n (the rows then mean what a text prompt's rows mean).
-    Shape: -> ``(n_rows, D)`` float32 on the CPU."""
+def text_init(text_encoder, n_rows: int, generator: torch.Generator | None = None,
+              ids: torch.Tensor | None = None) -> torch.Tensor:
+    """SD4Match's Single/Class initialisation: token embeddings of uniformly drawn vocabulary ids (or
+    the given ``ids``) plus CLIP's position embeddings 1..n (the rows then mean what a text prompt's
+    rows mean). Shape: -> ``(n_rows, D)`` float32 on the CPU."""
     emb = text_embeddings(text_encoder)
     table, pos = emb.token_embedding.weight.detach().float().cpu(), emb.position_embedding.weight.detach().float().cpu()
-    ids = torch.randint(0, table.shape[0], (n_rows,), generator=generator)
-    return table[ids] + pos[1:n_rows + 1]
+    if ids is None:
+        ids = torch.randint(0, table.shape[0], (n_rows,), generator=generator)
+    return table[torch.as_tensor(ids, dtype=torch.long)] + pos[1:n_rows + 1]
 
 
 class SinglePrompt(nn.Module):

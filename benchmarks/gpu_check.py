@@ -52,7 +52,7 @@ def main() -> None:
     sd = SDFeaturizer(comps, up_block=1, device=dev, dtype=dtype)
     print(f"built SD-2.1 architecture in {time.perf_counter() - t0:.1f} s")
 
-    from torch.utils.flop_counter import FlopCounterMode
+    from .flops import flop_counter
 
     if args.compare_compile:
         compare_compile(sd, comps, dev, dtype, args.batch * args.ensemble)
@@ -60,10 +60,10 @@ def main() -> None:
 
     img = torch.rand(1, 3, 768, 768, device=dev, dtype=dtype) * 2 - 1
     ctx = torch.randn(1, 77, 1024, device=dev, dtype=dtype)
-    with FlopCounterMode(display=False) as fc:
+    with flop_counter() as fc:
         sd.posterior(img)
     vae_flops = fc.get_total_flops()
-    with FlopCounterMode(display=False) as fc:
+    with flop_counter() as fc:
         with torch.no_grad():
             sd.unet_features(torch.randn(1, 4, 96, 96, device=dev, dtype=dtype), torch.tensor([261], device=dev), ctx)
     unet_flops = fc.get_total_flops()
@@ -160,12 +160,12 @@ def unet_rate(sd, noisy, tt, cc, flops_per_latent: float, reps: int = 5) -> floa
 
 
 def compare_compile(sd, comps, dev, dtype, n: int) -> None:
-    from torch.utils.flop_counter import FlopCounterMode
+    from .flops import flop_counter
 
     noisy = torch.randn(n, 4, 96, 96, device=dev, dtype=dtype)
     tt = torch.full((n,), 261, device=dev)
     cc = torch.randn(n, 77, 1024, device=dev, dtype=dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), flop_counter() as fc:
         sd.unet_features(noisy[:1], tt[:1], cc[:1])
     per = fc.get_total_flops()
 

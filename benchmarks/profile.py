@@ -84,12 +84,12 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
     """The profile report. ``sync_debug`` (CUDA): list the places that made the host wait for the
     GPU during the timed run with per-image work cached (each such wait can leave the GPU idle)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     import loaders
     from loaders.testing import write_spair_root
 
     from . import registry
+    from .flops import flop_counter
     from .matchers.base import Pair
 
     cls = registry.load_class(matcher_name)
@@ -111,7 +111,7 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
         reset = getattr(matcher, "reset_caches", lambda: None)
         reset()
         eager = getattr(matcher, "eager", contextlib.nullcontext)
-        with eager(), FlopCounterMode(display=False) as fc:  # counted eagerly, without batch padding
+        with eager(), flop_counter() as fc:  # counted eagerly, without batch padding
             matcher.predict(warm)
         flops_pair = fc.get_total_flops()
         reset()

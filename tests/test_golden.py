@@ -14,7 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -355,9 +354,9 @@ def test_loss_kernel_sum():
 # ----------------------------------------------------------------------------------------------- DINOv2
 def test_dinov2_preprocessing_equals_hugging_face():
     """DINOv2's default image processor (short side 256 bicubic, long side truncated, centre crop 224)."""
+    import transformers
     from PIL import Image
 
-    import transformers
     from sd4match.dino import DinoSpec, preprocess
 
     from .conftest import shared

@@ -1,7 +1,7 @@
 """GPU check: DIFT and SD4Match-CPM with the real SD-2.1 / DINOv2-base architectures (random
 weights) on one CUDA device, in under 5 minutes (about 3 on an H200).
 
-    python -m benchmarks.gpu_check [--images 64] [--batch 16] [--dtype bfloat16] [--pairs 96]
+    python -m benchmarks.gpu_check [--images 64] [--batch 16] [--dtype auto|bfloat16|...] [--pairs 96]
         [--attention auto,flash,cudnn,efficient] [--no-compile] [--cpm-only]
 
 Prints: FLOPs per image (counted with torch.utils.flop_counter), DIFT feature images/s at
@@ -24,7 +24,9 @@ def main() -> None:
     p.add_argument("--images", type=int, default=64)
     p.add_argument("--batch", type=int, default=16, help="images per UNet call (x ensemble)")
     p.add_argument("--ensemble", type=int, default=8)
-    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (default: each matcher in its authors' precision, DIFT float32 and SD4Match float16, "
+                        "with PyTorch's default TF32 settings; the UNet section in float32), or one dtype for all")
     p.add_argument("--pairs", type=int, default=96, help="synthetic pairs for the matcher profiles")
     p.add_argument("--attention", default="auto",
                    help="comma-separated SDPA backends to time in the UNet (auto, flash, efficient, cudnn, math); "
@@ -44,8 +46,12 @@ def main() -> None:
     backends = [b.strip() for b in args.attention.split(",") if b.strip()]
     assert backends and all(b in ATTENTION for b in backends), f"--attention: choose from {', '.join(ATTENTION)}"
     dev = torch.device("cuda")
-    dtype = resolve_dtype(args.dtype)
-    torch.backends.cuda.matmul.allow_tf32 = True
+    faithful = args.dtype == "auto"
+    dtype = resolve_dtype("float32" if faithful else args.dtype)
+    if not faithful:  # a speed comparison: TF32 matmuls where float32 remains
+        torch.backends.cuda.matmul.allow_tf32 = True
+    print(f"precision: {'auto (DIFT float32, SD4Match float16)' if faithful else args.dtype}; "
+          f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, dtype {dtype}")
     t0 = time.perf_counter()
     comps = random_sd21(0)
@@ -79,7 +85,7 @@ def main() -> None:
             x = torch.rand(b, 3, 768, 768, device=dev, dtype=dtype) * 2 - 1
             mean, std = sd.posterior(x)
             f = sd.features(mean, std, ctx.expand(b, -1, -1), keys=[f"i{done + i}" for i in range(b)], t=261,
-                            ensemble=args.ensemble, seed=0)
+                            ensemble=args.ensemble, seed=0, posterior="per-member")  # DIFT's sampling
             done += b
         torch.cuda.synchronize()
         return f

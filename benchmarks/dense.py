@@ -75,7 +75,7 @@ class ImageInfo:
     """One image handed to :meth:`DenseMatcher.extract`."""
 
     path: Path
-    key: str  # sha256 of the file's bytes
+    key: str  # sha256 of the decoded pixels (:func:`pixel_key`)
     category: str
     width: int
     height: int
@@ -287,11 +287,13 @@ class DenseMatcher(Matcher):
         try:
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size
-                rgb = im.convert("RGB").resize((self.config.image_size,) * 2, getattr(Image.Resampling, RESIZE[self.config.resize]))
+                full = im.convert("RGB")
+                key = pixel_key(full)
+                rgb = full.resize((self.config.image_size,) * 2, getattr(Image.Resampling, RESIZE[self.config.resize]))
         except (UnidentifiedImageError, OSError) as exc:
             raise MatcherError(f"{path}: cannot decode image ({exc})") from None
         arr = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-        return arr, hashlib.sha256(data).hexdigest(), size
+        return arr, key, size
 
     def _cache_path(self, info: ImageInfo, tag: str) -> Path | None:
         if self._cache_dir is None:
@@ -534,6 +536,14 @@ class DenseMatcher(Matcher):
     def describe(self) -> dict:
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "precision": precision_name(self.dtype),
                 "feature_hash": self.feature_hash, **self.stats}
+
+
+def pixel_key(rgb) -> str:
+    """An image's identity for noise seeds and caches: sha256 of its decoded RGB pixels and size, so
+    the same picture saved again (other compression, metadata, format) keeps its key."""
+    h = hashlib.sha256(f"RGB {rgb.size[0]}x{rgb.size[1]}|".encode())
+    h.update(rgb.tobytes())
+    return h.hexdigest()
 
 
 def precision_name(dtype: torch.dtype) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -90,6 +89,8 @@ def load_pair_images(row: dict, root: Path, flip: bool, size: int):
     import torch
     from PIL import Image, ImageOps
 
+    from benchmarks.dense import pixel_key
+
     out = []
     for side in ("src", "trg"):
         path = root / row[f"{side}_image"]
@@ -98,7 +99,7 @@ def load_pair_images(row: dict, root: Path, flip: bool, size: int):
             img = Image.open(io.BytesIO(data)).convert("RGB")
         except (OSError, FileNotFoundError) as exc:
             raise TrainError(f"{path}: cannot read image ({exc})") from None
-        key = hashlib.sha256(data).hexdigest()
+        key = pixel_key(img)
         kps = np.asarray(row[f"{side}_kps"], dtype=np.float64).reshape(-1, 2)
         if flip:
             img = ImageOps.mirror(img)

@@ -172,3 +172,24 @@ def test_cpu_flop_count_includes_attention():
     with torch.no_grad(), flop_counter() as full:
         unet(*args)
     assert full.get_total_flops() > plain.get_total_flops()
+
+
+def test_image_key_is_pixel_content(tmp_path):
+    """The same picture written twice with different PNG settings keeps its noise seed and cache key."""
+    import numpy as np
+    from PIL import Image
+
+    from sd4match.dift import DiftMatcher
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    img.save(tmp_path / "a.png", compress_level=1)
+    img.save(tmp_path / "b.png", compress_level=9, pnginfo=__import__("PIL.PngImagePlugin").PngImagePlugin.PngInfo())
+    img.save(tmp_path / "c.bmp")
+    assert (tmp_path / "a.png").read_bytes() != (tmp_path / "b.png").read_bytes()
+    m = DiftMatcher.from_settings("tiny")
+    keys = {m._decode(tmp_path / n)[1] for n in ("a.png", "b.png", "c.bmp")}
+    assert len(keys) == 1
+    img.putpixel((0, 0), (1, 2, 3))
+    img.save(tmp_path / "d.png")
+    assert m._decode(tmp_path / "d.png")[1] not in keys

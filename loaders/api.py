@@ -43,6 +43,21 @@ def check_names(dataset: str, split: str, layout: str | None = None) -> None:
         raise DatasetError(f"unknown SPair-71k layout {layout!r}; valid: {', '.join(spair.LAYOUTS)}")
 
 
+#: what a reader may raise on hostile input besides DatasetError; turned into a one-line DatasetError
+UNEXPECTED = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
+              UnicodeError, OSError, pa.ArrowException)
+
+
+def _guarded(what: str, fn, *args, **kwargs):
+    """Call a reader; any failure on bad input comes out as a one-line :class:`DatasetError`."""
+    try:
+        return fn(*args, **kwargs)
+    except DatasetError:
+        raise
+    except UNEXPECTED as exc:
+        raise DatasetError(f"{what}: unreadable dataset files ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})") from None
+
+
 def _reader_kwargs(dataset: str, layout: str | None) -> dict:
     return {"layout": layout or "large"} if dataset == "spair-71k" else {}
 
@@ -50,7 +65,8 @@ def _reader_kwargs(dataset: str, layout: str | None) -> dict:
 def source_files(dataset: str, root: str | os.PathLike, split: str, layout: str | None = None) -> list[Path]:
     """Every file the table of (dataset, split) is derived from."""
     check_names(dataset, split, layout)
-    return READERS[dataset].source_files(root, split, **_reader_kwargs(dataset, layout))
+    return _guarded(f"{root} ({dataset} {split})", READERS[dataset].source_files, root, split,
+                    **_reader_kwargs(dataset, layout))
 
 
 def cache_key(dataset: str, root: str | os.PathLike, split: str, layout: str | None = None) -> str:
@@ -73,7 +89,7 @@ def load_uncached(dataset: str, root: str | os.PathLike, split: str, layout: str
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root is not a directory")
-    return READERS[dataset].load(root, split, **_reader_kwargs(dataset, layout))
+    return _guarded(f"{root} ({dataset} {split})", READERS[dataset].load, root, split, **_reader_kwargs(dataset, layout))
 
 
 def load(

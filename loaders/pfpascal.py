@@ -18,11 +18,21 @@ the keypoints are *not* flipped in the table, the flag is for training-time augm
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from pathlib import Path
 
 from . import schema
-from ._common import finite, image_size, load_mat, parse_float_list
+from ._common import (
+    check_box,
+    finite,
+    image_size,
+    inside_root,
+    load_mat,
+    parse_float_list,
+    read_text,
+)
 from .errors import DatasetError
 
 CLASSES = (
@@ -58,18 +68,20 @@ def annotation_path(root: Path, class_name: str, image: str) -> Path:
 
 def _read_rows(path: Path, split: str) -> list[dict]:
     expected = _TEST_COLUMNS if split == "test" else _TRAIN_COLUMNS
+    text = read_text(path, "PF-Pascal pair list")
     try:
-        with open(path, newline="") as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            missing = [c for c in expected if c not in header]
-            if missing:
-                raise DatasetError(f"{path}: header lacks column(s) {missing} (has {header})")
-            rows = list(reader)
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not a text CSV file") from None
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        missing = [c for c in expected if c not in header]
+        if missing:
+            raise DatasetError(f"{path}: header lacks column(s) {missing} (has {header})"[:300])
+        rows = list(reader)
     except csv.Error as exc:
         raise DatasetError(f"{path}: malformed CSV ({exc})") from None
+    for i, row in enumerate(rows, 2):
+        short = [c for c in expected if row.get(c) is None]
+        if short:
+            raise DatasetError(f"{path}: row {i} is short: no value for column(s) {short}")
     return rows
 
 
@@ -87,15 +99,18 @@ def _read_mat(path: Path) -> tuple[list[list[float]], list[float] | None]:
     """(kps, bbox) of one PF-Pascal annotation file."""
     mat = load_mat(path, ("kps",))
     kps = mat["kps"]
-    if kps.ndim != 2 or kps.shape[1] != 2:
-        raise DatasetError(f"{path}: variable 'kps' must be N x 2, got shape {kps.shape}")
+    if kps.ndim != 2 or kps.shape[1] != 2 or kps.shape[0] > 1000:
+        raise DatasetError(f"{path}: variable 'kps' must be N x 2 (N <= 1000), got shape {kps.shape}")
+    values = kps.astype(float).tolist()
+    if any(math.isinf(v) or abs(v) > 1e6 for p in values for v in p if not math.isnan(v)):
+        raise DatasetError(f"{path}: variable 'kps' holds infinite or absurd coordinates (NaN marks a missing point)")
     bbox = None
     if "bbox" in mat:
-        b = mat["bbox"].reshape(-1)
-        if b.size != 4:
-            raise DatasetError(f"{path}: variable 'bbox' must have 4 values, got {b.size}")
-        bbox = [float(v) for v in b]
-    return kps.astype(float).tolist(), bbox
+        b = mat["bbox"]
+        if getattr(b, "dtype", None) is None or b.dtype.kind not in "iuf" or b.size != 4:
+            raise DatasetError(f"{path}: variable 'bbox' must hold 4 numbers")
+        bbox = [float(v) for v in b.reshape(-1)]
+    return values, bbox
 
 
 def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
@@ -123,9 +138,8 @@ def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
     for i, row in enumerate(rows, 1):
         where = f"{path}: row {i + 1}"
         cls = _class_name(row["class"], where)
-        src, trg = row["source_image"], row["target_image"]
-        if not src or not trg:
-            raise DatasetError(f"{where}: empty source_image or target_image")
+        src = inside_root(root, row["source_image"], where, "source_image")
+        trg = inside_root(root, row["target_image"], where, "target_image")
         sw, sh = size_of(src)
         tw, th = size_of(trg)
         src_mat = mat_of(annotation_path(root, cls, src), required=split != "test")
@@ -140,6 +154,8 @@ def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
                     f"{where}: keypoint lists differ in length: XA {len(xa)}, YA {len(ya)}, "
                     f"XB {len(xb)}, YB {len(yb)}"
                 )
+            if any(math.isinf(v) or abs(v) > 1e6 for v in (*xa, *ya, *xb, *yb) if not math.isnan(v)):
+                raise DatasetError(f"{where}: keypoint coordinates must be finite pixel positions (NaN marks a missing point)")
             src_all = list(zip(xa, ya))
             trg_all = list(zip(xb, yb))
             flip = False
@@ -173,8 +189,10 @@ def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
         cols["src_kps"].append(sk)
         cols["trg_kps"].append(tk)
         cols["kps_ids"].append(ids)
-        cols["src_bbox"].append(src_mat[1] if src_mat else None)
-        cols["trg_bbox"].append(trg_mat[1] if trg_mat else None)
+        src_box = check_box(src_mat[1], sw, sh, str(annotation_path(root, cls, src)), "bbox") if src_mat and src_mat[1] else None
+        trg_box = check_box(trg_mat[1], tw, th, str(annotation_path(root, cls, trg)), "bbox") if trg_mat and trg_mat[1] else None
+        cols["src_bbox"].append(src_box)
+        cols["trg_bbox"].append(trg_box)
         cols["flip"].append(flip)
     n = len(cols["pair_id"])
     cols["dataset"] = ["pf-pascal"] * n
@@ -190,6 +208,7 @@ def source_files(root: str | os.PathLike, split: str) -> list[Path]:
     for i, row in enumerate(_read_rows(path, split), 1):
         cls = _class_name(row["class"], f"{path}: row {i + 1}")
         for key in ("source_image", "target_image"):
-            files.add(root / row[key])
-            files.add(annotation_path(root, cls, row[key]))
+            rel = inside_root(root, row[key], f"{path}: row {i + 1}", key)
+            files.add(root / rel)
+            files.add(annotation_path(root, cls, rel))
     return sorted(files)

@@ -15,11 +15,13 @@ are null): PCK uses the extent of the target's valid keypoints.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import os
 from pathlib import Path
 
 from . import schema
-from ._common import finite, image_size, load_mat
+from ._common import finite, image_size, inside_root, load_mat, read_text
 from .errors import DatasetError
 
 SUBSETS = (
@@ -66,9 +68,12 @@ def _images(root: Path) -> list[tuple[str, str]]:
 def _read_kps(path: Path) -> list[tuple[float, float]]:
     mat = load_mat(path, ("pts_coord",))
     pts = mat["pts_coord"]
-    if pts.ndim != 2 or pts.shape[0] != 2:
-        raise DatasetError(f"{path}: variable 'pts_coord' must be 2 x N, got shape {pts.shape}")
-    return [(float(x), float(y)) for x, y in zip(pts[0], pts[1])]
+    if pts.ndim != 2 or pts.shape[0] != 2 or pts.shape[1] > 1000:
+        raise DatasetError(f"{path}: variable 'pts_coord' must be 2 x N (N <= 1000), got shape {pts.shape}")
+    out = [(float(x), float(y)) for x, y in zip(pts[0], pts[1])]
+    if any(math.isinf(v) or abs(v) > 1e6 for p in out for v in p if not math.isnan(v)):
+        raise DatasetError(f"{path}: variable 'pts_coord' holds infinite or absurd coordinates (NaN marks a missing point)")
+    return out
 
 
 def _generated_pairs(root: Path):
@@ -85,26 +90,31 @@ def _generated_pairs(root: Path):
 
 
 def _csv_pairs(root: Path, path: Path):
-    with open(path, newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise DatasetError(f"{path}: empty pair list")
-        for i, row in enumerate(reader, 2):
-            where = f"{path}: row {i}"
-            if len(row) != 2 + 4 * N_KPS:
-                raise DatasetError(f"{where}: expected {2 + 4 * N_KPS} columns (imageA, imageB, 4 x {N_KPS} coordinates), got {len(row)}")
-            try:
-                v = [float(x) for x in row[2:]]
-            except ValueError:
-                raise DatasetError(f"{where}: coordinates must be numbers") from None
-            a = list(zip(v[0:N_KPS], v[N_KPS:2 * N_KPS]))
-            b = list(zip(v[2 * N_KPS:3 * N_KPS], v[3 * N_KPS:]))
-            rel_a, rel_b = row[0], row[1]
-            sub = Path(rel_a).parent.name
-            if sub not in SUBSETS:
-                raise DatasetError(f"{where}: image {rel_a!r} is not inside a PF-Willow subset folder")
-            yield sub, rel_a, rel_b, a, b
+    text = read_text(path, "PF-Willow pair list")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: malformed CSV ({exc})") from None
+    if not rows:
+        raise DatasetError(f"{path}: empty pair list")
+    for i, row in enumerate(rows[1:], 2):
+        where = f"{path}: row {i}"
+        if len(row) != 2 + 4 * N_KPS:
+            raise DatasetError(f"{where}: expected {2 + 4 * N_KPS} columns (imageA, imageB, 4 x {N_KPS} coordinates), got {len(row)}")
+        try:
+            v = [float(x) for x in row[2:]]
+        except ValueError:
+            raise DatasetError(f"{where}: coordinates must be numbers") from None
+        if any(math.isinf(x) for x in v):
+            raise DatasetError(f"{where}: coordinates must be finite (NaN marks a missing point), got inf")
+        a = list(zip(v[0:N_KPS], v[N_KPS:2 * N_KPS]))
+        b = list(zip(v[2 * N_KPS:3 * N_KPS], v[3 * N_KPS:]))
+        rel_a = inside_root(root, row[0], where, "imageA")
+        rel_b = inside_root(root, row[1], where, "imageB")
+        sub = Path(rel_a).parent.name
+        if sub not in SUBSETS or Path(rel_b).parent.name != sub:
+            raise DatasetError(f"{where}: images {rel_a!r}, {rel_b!r} are not inside one PF-Willow subset folder")
+        yield sub, rel_a, rel_b, a, b
 
 
 def load(root: str | os.PathLike, split: str = "test") -> schema.pa.Table:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from . import schema
+from ._common import check_box, check_points, check_size, inside_root, read_text
 from .errors import DatasetError
 
 LAYOUTS = ("large", "small")
@@ -29,6 +31,10 @@ def layout_file(root: Path, split: str, layout: str = "large") -> Path:
     return Path(root) / "Layout" / layout / f"{split}.txt"
 
 
+#: a Layout line: ``<id>-<source image>-<target image>:<category>`` (names without path separators)
+_LINE = re.compile(r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.]+-[A-Za-z0-9_.]+:[A-Za-z]+$")
+
+
 def read_layout(root: Path, split: str, layout: str = "large") -> list[str]:
     """The pair names of one split, in file order."""
     if layout not in LAYOUTS:
@@ -37,17 +43,16 @@ def read_layout(root: Path, split: str, layout: str = "large") -> list[str]:
     if not path.is_file():
         raise DatasetError(f"{path}: SPair-71k split list is missing")
     names = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if ":" not in line or line.count("-") < 2:
-                raise DatasetError(
-                    f"{path}:{lineno}: malformed pair line {line!r} "
-                    "(expected 'ID-SRC-TRG:category')"
-                )
-            names.append(line)
+    for lineno, line in enumerate(read_text(path, "SPair-71k split list").splitlines(), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not _LINE.match(line) or ".." in line:
+            raise DatasetError(
+                f"{path}:{lineno}: malformed pair line {line[:80]!r} "
+                "(expected 'ID-SRC-TRG:category', letters, digits, '_' and '.')"
+            )
+        names.append(line)
     return names
 
 
@@ -69,27 +74,18 @@ _INT_FIELDS = ("viewpoint_variation", "scale_variation", "truncation", "occlusio
 
 
 def _kps(ann: dict, key: str, path: Path) -> list[list[float]]:
-    value = ann.get(key)
-    if not isinstance(value, list):
-        raise DatasetError(f"{path}: field {key!r} is missing or not a list")
-    for p in value:
-        if not (isinstance(p, list) and len(p) == 2 and all(isinstance(c, (int, float)) for c in p)):
-            raise DatasetError(f"{path}: field {key!r} has an entry that is not [x, y]: {p!r}")
-    return value
-
-
-def _box(ann: dict, key: str, path: Path) -> list[float]:
-    value = ann.get(key)
-    if not (isinstance(value, list) and len(value) == 4):
-        raise DatasetError(f"{path}: field {key!r} must be [x1, y1, x2, y2], got {value!r}")
-    return value
+    return check_points(ann.get(key), str(path), key)
 
 
 def _size(ann: dict, key: str, path: Path) -> tuple[int, int]:
     value = ann.get(key)
-    if not (isinstance(value, list) and len(value) >= 2 and all(isinstance(v, int) for v in value[:2])):
-        raise DatasetError(f"{path}: field {key!r} must be [width, height, channels], got {value!r}")
-    return value[0], value[1]
+    if not (isinstance(value, list) and len(value) >= 2):
+        raise DatasetError(f"{path}: field {key!r} must be [width, height, channels], got {value!r}"[:300])
+    return check_size(value[0], value[1], str(path), key)
+
+
+#: SPair-71k's difficulty annotations and their levels
+LEVELS = {"viewpoint_variation": range(3), "scale_variation": range(3), "truncation": range(4), "occlusion": range(4)}
 
 
 def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.pa.Table:
@@ -101,13 +97,13 @@ def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.p
     cols = schema.empty_columns()
     seen = set()
     for name, path in zip(names, paths):
+        text = read_text(path, "pair annotation")
         try:
-            with open(path, "rb") as fh:
-                ann = json.loads(fh.read())
+            ann = json.loads(text)
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-        except UnicodeDecodeError:
-            raise DatasetError(f"{path}: not UTF-8 JSON") from None
+        except RecursionError:
+            raise DatasetError(f"{path}: JSON nested too deeply") from None
         if not isinstance(ann, dict):
             raise DatasetError(f"{path}: expected a JSON object")
         src_kps = _kps(ann, "src_kps", path)
@@ -121,24 +117,36 @@ def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.p
                 f"kps_ids {len(ids)}"
             )
         try:
+            if any(isinstance(i, (bool, float)) or not isinstance(i, (int, str)) for i in ids):
+                raise ValueError
             kps_ids = [int(i) for i in ids]
         except (TypeError, ValueError):
-            raise DatasetError(f"{path}: field 'kps_ids' must hold integers, got {ids!r}") from None
+            raise DatasetError(f"{path}: field 'kps_ids' must hold integers, got {ids!r}"[:300]) from None
+        if any(not 0 <= i < 1000 for i in kps_ids) or len(set(kps_ids)) != len(kps_ids):
+            raise DatasetError(f"{path}: field 'kps_ids' must hold distinct ids in 0..999, got {kps_ids!r}"[:300])
         category = ann.get("category")
         if category not in CATEGORIES:
             raise DatasetError(f"{path}: field 'category' is {category!r}, not an SPair-71k category")
+        images = {}
         for key in ("src_imname", "trg_imname"):
-            if not isinstance(ann.get(key), str):
-                raise DatasetError(f"{path}: field {key!r} is missing or not a string")
+            value = ann.get(key)
+            if not isinstance(value, str) or "/" in value or "\\" in value:
+                raise DatasetError(f"{path}: field {key!r} must be an image file name, got {value!r}"[:300])
+            images[key] = inside_root(root, f"JPEGImages/{category}/{value}", str(path), key)
         sw, sh = _size(ann, "src_imsize", path)
         tw, th = _size(ann, "trg_imsize", path)
+        src_box = check_box(ann.get("src_bndbox"), sw, sh, str(path), "src_bndbox")
+        trg_box = check_box(ann.get("trg_bndbox"), tw, th, str(path), "trg_bndbox")
+        mirror = ann.get("mirror", 0)
+        if mirror not in (0, 1) or isinstance(mirror, float):
+            raise DatasetError(f"{path}: field 'mirror' must be 0 or 1, got {mirror!r}"[:300])
         if name in seen:
             raise DatasetError(f"{layout_file(root, split, layout)}: pair {name!r} listed twice")
         seen.add(name)
         cols["pair_id"].append(name)
         cols["category"].append(category)
-        cols["src_image"].append(f"JPEGImages/{category}/{ann['src_imname']}")
-        cols["trg_image"].append(f"JPEGImages/{category}/{ann['trg_imname']}")
+        cols["src_image"].append(images["src_imname"])
+        cols["trg_image"].append(images["trg_imname"])
         cols["src_width"].append(sw)
         cols["src_height"].append(sh)
         cols["trg_width"].append(tw)
@@ -146,16 +154,22 @@ def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.p
         cols["src_kps"].append(src_kps)
         cols["trg_kps"].append(trg_kps)
         cols["kps_ids"].append(kps_ids)
-        cols["src_bbox"].append(_box(ann, "src_bndbox", path))
-        cols["trg_bbox"].append(_box(ann, "trg_bndbox", path))
+        cols["src_bbox"].append(src_box)
+        cols["trg_bbox"].append(trg_box)
         for key in _INT_FIELDS:
             v = ann.get(key)
-            if not isinstance(v, int):
-                raise DatasetError(f"{path}: field {key!r} must be an integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or v not in LEVELS[key]:
+                raise DatasetError(f"{path}: field {key!r} must be an integer in {LEVELS[key].start}.."
+                                   f"{LEVELS[key].stop - 1}, got {v!r}"[:300])
             cols[key].append(v)
-        cols["src_pose"].append(ann.get("src_pose"))
-        cols["trg_pose"].append(ann.get("trg_pose"))
-        cols["mirror"].append(bool(ann.get("mirror", 0)))
+        for key in ("src_pose", "trg_pose"):
+            v = ann.get(key)
+            if v is not None and not isinstance(v, str):
+                if isinstance(v, bool) or not isinstance(v, int) or not -(2**31) <= v < 2**31:
+                    raise DatasetError(f"{path}: field {key!r} must be a pose label, got {v!r}"[:300])
+                v = str(v)
+            cols[key].append(v)
+        cols["mirror"].append(bool(mirror))
     n = len(cols["pair_id"])
     cols["dataset"] = ["spair-71k"] * n
     cols["split"] = [split] * n

@@ -226,6 +226,7 @@ class DenseMatcher(Matcher):
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_FEATURE_SETTINGS}
+        settings.update(self.fingerprints())  # the weights themselves, not only their names
         self.feature_hash = _hash(self.name, settings)
         self._cache_dir = Path(cfg.cache_dir) / self.name / self.feature_hash if cfg.cache_dir else None
         self.stats = {"extracted": 0, "cache_hits": 0}
@@ -247,6 +248,11 @@ class DenseMatcher(Matcher):
     def extract(self, images: torch.Tensor, infos: list[ImageInfo]) -> torch.Tensor:
         """``(B, 3, S, S)`` float images in [0, 1] (on ``self.device``) -> ``(B, C, h, w)`` features."""
         raise NotImplementedError
+
+    def fingerprints(self) -> dict[str, str]:
+        """Fingerprints of the weights the features depend on (see :mod:`benchmarks.fingerprint`),
+        part of every cache key; none by default."""
+        return {}
 
     def cache_tag(self, info: ImageInfo) -> str:
         """Extra part of an image's cache key (e.g. the prompt when features depend on the category)."""
@@ -303,21 +309,20 @@ class DenseMatcher(Matcher):
 
     def _cache_get(self, info: ImageInfo, tag: str) -> torch.Tensor | None:
         path = self._cache_path(info, tag)
-        if path is None or not path.is_file():
+        if path is None:
             return None
-        try:
-            return torch.load(path, map_location=self.device, weights_only=True)
-        except Exception:
-            return None  # a damaged cache file is recomputed
+        from . import cachefile
+
+        return cachefile.load(path, self.device)  # a damaged file (checksum, truncation) is recomputed
 
     def _cache_put(self, info: ImageInfo, feat: torch.Tensor, tag: str) -> None:
         path = self._cache_path(info, tag)
         if path is None:
             return
-        from loaders.atomic import atomic_path
+        from . import cachefile
 
-        with atomic_path(path, suffix=".pt") as tmp:
-            torch.save(feat.detach().to("cpu").clone(), tmp)
+        if not cachefile.save(path, feat):
+            self._cache_dir = None  # read-only or full: go on without a disk cache
 
     def keep_in_memory(self, n_images: int) -> None:
         """Keep up to ``n_images`` feature maps in memory (timing code: every timed image stays)."""

@@ -144,6 +144,61 @@ def pipelined(matcher, batches):
         yield pending[0], pending[1]()
 
 
+def table_hash(table: pa.Table) -> str:
+    """Content hash of a slice of the pair table (every column, every value)."""
+    import hashlib
+    import json
+
+    blob = json.dumps(table.to_pylist(), sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shard_ok(path: Path, pair_ids: list[str]) -> bool:
+    """A finished shard: present, its bytes match the checksum written beside it, and it holds
+    exactly ``pair_ids``. A damaged shard is removed (with a warning) so that it is recomputed."""
+    import warnings
+
+    if not path.is_file():
+        return False
+    problem = None
+    try:
+        if _checksum_path(path).read_text().strip() != file_sha256(path):
+            problem = "fails its checksum"
+        else:
+            ids = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()
+            if sorted(set(ids)) != sorted(set(pair_ids)):
+                problem = "holds other pairs"
+    except (OSError, pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
+        problem = f"is unreadable ({type(exc).__name__})"
+    if problem is None:
+        return True
+    warnings.warn(f"{path}: resume shard {problem}; recomputing it", stacklevel=2)
+    for p in (path, _checksum_path(path)):
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    return False
+
+
+def write_shard(table: pa.Table, path: Path) -> None:
+    """Write a shard and then its checksum (a shard without a matching checksum is recomputed)."""
+    from loaders.atomic import write_parquet, write_text
+
+    write_parquet(table, path)
+    write_text(_checksum_path(path), file_sha256(path) + "\n")
+
+
 def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, progress: bool, desc: str) -> None:
     """Predict the pairs of each (index, start, end) shard in ``todo`` and write each shard atomically.
 
@@ -151,7 +206,6 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
     (``Matcher.prefetch``), and each batch is submitted before the previous one's results are
     collected (:func:`pipelined`), so the accelerator waits neither on image decoding nor on us.
     """
-    from loaders.atomic import write_parquet
 
     from . import predictions as P
 
@@ -178,7 +232,7 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
                 ids = [p.pair_id for ps, _ in parts[idx] for p in ps]
                 arrs = [a for _, pr in parts[idx] for a in pr[readout]]
                 tables.append(P.make_table(ids, readout, arrs))
-            write_parquet(pa.concat_tables(tables), shard_path(idx))
+            write_shard(pa.concat_tables(tables), shard_path(idx))
             del parts[idx]
     if bar:
         bar.close()
@@ -204,7 +258,11 @@ def run(args) -> Path:
     if world > 1 and str(overrides.get("device", "")).strip() == "cuda":
         overrides["device"] = f"cuda:{local_rank}"  # one GPU per rank
     matcher = cls.from_settings(args.preset, **overrides)
-    chash = config_hash(args.matcher, {k: v for k, v in dataclasses.asdict(matcher.config).items() if k != "device"})
+    keyed = {k: v for k, v in dataclasses.asdict(matcher.config).items() if k != "device"}
+    fingerprints = matcher.fingerprints() if hasattr(matcher, "fingerprints") else {}
+    if fingerprints:  # the weights behind the model names
+        keyed["weights"] = fingerprints
+    chash = config_hash(args.matcher, keyed)
     out = args.out or Path("runs") / f"{args.matcher}-{args.dataset}-{args.split}-{chash}"
 
     t0 = time.perf_counter()
@@ -220,8 +278,11 @@ def run(args) -> Path:
         raise RunError(f"--shard-size must be positive, got {args.shard_size}")
     chunk = args.shard_size or max(256, batch)
     n = table.num_rows
-    shard_path = lambda i: partial / f"shard-{i:06d}-{n}-{chunk}.parquet"  # noqa: E731
-    todo = [c for c in _chunks(n, chunk) if c[0] % world == rank and not shard_path(c[0]).is_file()]
+    # a shard is named by what it was computed from: its pairs' annotations (content hash) under this config
+    keys = {i: table_hash(table.slice(s, e - s)) for i, s, e in _chunks(n, chunk)}
+    shard_path = lambda i: partial / f"shard-{i:06d}-{n}-{chunk}-{keys[i]}.parquet"  # noqa: E731
+    todo = [c for c in _chunks(n, chunk) if c[0] % world == rank
+            and not shard_ok(shard_path(c[0]), table.slice(c[1], c[2] - c[1]).column("pair_id").to_pylist())]
     t1 = time.perf_counter()
     try:
         predict_shards(matcher, table, todo, batch, Path(args.data_root), shard_path,
@@ -276,12 +337,9 @@ def run(args) -> Path:
         "world_size": world,
     }
     write_text(out / "run.json", json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
-    for s in shards:
-        s.unlink(missing_ok=True)
-    try:
-        partial.rmdir()
-    except OSError:
-        pass
+    import shutil
+
+    shutil.rmtree(partial, ignore_errors=True)  # shards, their checksums and any stale shard
     print(summary(results))
     print(f"wrote {out}/predictions.parquet, results.csv ({len(results)} rows), breakdowns.csv, run.json")
     return out

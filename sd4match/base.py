@@ -39,6 +39,10 @@ class SDConfig(DenseConfig):
     posterior: str = "per-image"
 
 
+#: the parts of a diffusers Stable Diffusion folder whose files the features depend on
+SD_FOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+
+
 class ImageStore:
     """Per-image tensors computed once: kept in memory and, with a cache folder, on disk under
     ``cache_dir/<kind>/<hash of the settings that change them>/<image key>.pt``."""
@@ -52,28 +56,24 @@ class ImageStore:
 
     def get(self, infos: list[ImageInfo], compute) -> list:
         """Values for ``infos``; ``compute(positions)`` returns the values of the positions missing."""
-        from loaders.atomic import atomic_path
+        from benchmarks import cachefile
 
         missing, seen = [], set()
         for i, info in enumerate(infos):
             if info.key in self.mem or info.key in seen:
                 continue
-            path = self.dir / f"{info.key[:32]}.pt" if self.dir else None
-            if path is not None and path.is_file():
-                try:
-                    self.mem[info.key] = torch.load(path, map_location=self.device, weights_only=True)
+            if self.dir is not None:
+                value = cachefile.load(self.dir / f"{info.key[:32]}.pt", self.device)  # damaged: recomputed
+                if value is not None:
+                    self.mem[info.key] = value
                     continue
-                except Exception:
-                    pass  # a damaged cache file is recomputed
             seen.add(info.key)
             missing.append(i)
         if missing:
             for i, value in zip(missing, compute(missing)):
                 self.mem[infos[i].key] = value
-                if self.dir is not None:
-                    on_cpu = tuple(v.cpu().clone() for v in value) if isinstance(value, tuple) else value.cpu().clone()
-                    with atomic_path(self.dir / f"{infos[i].key[:32]}.pt", suffix=".pt") as tmp:
-                        torch.save(on_cpu, tmp)
+                if self.dir is not None and not cachefile.save(self.dir / f"{infos[i].key[:32]}.pt", value):
+                    self.dir = None  # read-only or full: memory only from here on
         values = [self.mem[i.key] for i in infos]
         if self.limit is not None and len(self.mem) > 2 * self.limit:
             for k in list(self.mem)[: len(self.mem) - self.limit]:
@@ -99,8 +99,17 @@ class SDMatcherBase(DenseMatcher):
         if cfg.posterior not in POSTERIOR:
             raise ConfigError(f"posterior must be one of {', '.join(POSTERIOR)}, got {cfg.posterior!r}")
         self._sd: SDFeaturizer | None = None
-        self._posteriors = ImageStore(cfg.cache_dir, "vae", [cfg.model_id, cfg.image_size, cfg.dtype, cfg.device.split(":")[0]],
+        # keyed by the weights' fingerprint (random-weight presets: by their seed), the resize and the input size
+        self._posteriors = ImageStore(cfg.cache_dir, "vae", [self.fingerprints()["model"], cfg.image_size, cfg.resize,
+                                                             cfg.dtype, cfg.device.split(":")[0]],
                                       self.device, limit=2 * self.memory_cache_size)
+
+    def fingerprints(self) -> dict[str, str]:
+        if not hasattr(self, "_fingerprints"):
+            from benchmarks.fingerprint import model_fingerprint
+
+            self._fingerprints = {"model": model_fingerprint(self.config.model_id, self.config.seed, SD_FOLDERS)}
+        return self._fingerprints
 
     @property
     def sd(self) -> SDFeaturizer:

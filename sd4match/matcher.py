@@ -164,7 +164,15 @@ class CPMMatcher(SD4MatchMatcher):
     def __init__(self, config=None):
         super().__init__(config)
         cfg = self.config
-        self._tokens = ImageStore(cfg.cache_dir, "dino", [cfg.dino_id, cfg.device.split(":")[0]], self.device)
+        self._tokens = ImageStore(cfg.cache_dir, "dino", [self.fingerprints()["dino"], cfg.device.split(":")[0]], self.device)
+
+    def fingerprints(self) -> dict[str, str]:
+        out = super().fingerprints()
+        if "dino" not in out:
+            from benchmarks.fingerprint import model_fingerprint
+
+            out["dino"] = model_fingerprint(self.config.dino_id, self.config.seed)
+        return out
 
     def reset_caches(self) -> None:
         super().reset_caches()

@@ -199,3 +199,194 @@ def test_cli_exit_2_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert not (tmp_path / "o.parquet").exists()
+
+
+# ------------------------------------------------------------------------------------ resume shards (5, 7)
+def _run(root, out, *extra):
+    from benchmarks.run import main as run_cli
+
+    return run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--out", str(out),
+                    "--quiet", "--shard-size", "5", *extra])
+
+
+def _preds(out):
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(out / "predictions.parquet").sort_by([("readout", "ascending"), ("pair_id", "ascending")])
+    return t.to_pylist()
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_after, where", [(0, "parquet"), (1, "checksum"), (2, "parquet"), (3, "checksum")])
+def test_killed_run_resumes_to_the_same_predictions(tmp_path, monkeypatch, crash_after, where):
+    """Crash injected at each write of the shard sequence (before a shard, or between a shard and its
+    checksum): the rerun ends with the predictions of an uninterrupted run."""
+    from loaders.atomic import write_parquet, write_text
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 18}, seed=5)
+    assert _run(root, tmp_path / "clean") == 0
+    calls = {"parquet": 0, "checksum": 0}
+
+    def parquet(table, path):
+        if where == "parquet" and calls["parquet"] == crash_after:
+            raise Crash
+        calls["parquet"] += 1
+        write_parquet(table, path)
+
+    def text(path, content):
+        if where == "checksum" and calls["checksum"] == crash_after:
+            raise Crash
+        calls["checksum"] += 1
+        write_text(path, content)
+
+    monkeypatch.setattr("loaders.atomic.write_parquet", parquet)
+    monkeypatch.setattr("loaders.atomic.write_text", text)
+    with pytest.raises(Crash):
+        _run(root, tmp_path / "out")
+    monkeypatch.undo()
+    assert _run(root, tmp_path / "out") == 0
+    assert _preds(tmp_path / "out") == _preds(tmp_path / "clean")
+    assert not list((tmp_path / "out").glob(".partial-*"))
+
+
+def test_edited_annotation_after_a_kill_is_not_served_from_old_shards(tmp_path, monkeypatch):
+    from loaders.atomic import write_parquet
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 12}, seed=5)
+    n = {"k": 0}
+
+    def parquet(table, path):
+        if n["k"] == 2:
+            raise Crash
+        n["k"] += 1
+        write_parquet(table, path)
+
+    monkeypatch.setattr("loaders.atomic.write_parquet", parquet)
+    with pytest.raises(Crash):
+        _run(root, tmp_path / "out")
+    monkeypatch.undo()
+    # edit the first pair's source keypoints (already in a finished shard)
+    first = sorted((root / "PairAnnotation" / "test").glob("*.json"))
+    layout = (root / "Layout" / "large" / "test.txt").read_text().split()
+    path = root / "PairAnnotation" / "test" / f"{layout[0]}.json"
+    assert path in first
+    ann = json.loads(path.read_text())
+    ann["src_kps"] = [[1.0, 2.0] for _ in ann["src_kps"]]
+    path.write_text(json.dumps(ann))
+    assert _run(root, tmp_path / "out") == 0
+    assert _run(root, tmp_path / "fresh") == 0
+    assert _preds(tmp_path / "out") == _preds(tmp_path / "fresh")
+
+
+def test_bit_flip_in_a_shard_is_recomputed(tmp_path, monkeypatch):
+    import benchmarks.run as R
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 12}, seed=5)
+    assert _run(root, tmp_path / "clean") == 0
+    written = []
+    real = R.write_shard
+
+    def keep(table, path):
+        real(table, path)
+        written.append(path)
+        if len(written) == 2:
+            raise Crash
+
+    monkeypatch.setattr(R, "write_shard", keep)
+    with pytest.raises(Crash):
+        _run(root, tmp_path / "out")
+    monkeypatch.undo()
+    data = bytearray(written[0].read_bytes())
+    data[len(data) // 2] ^= 0x10
+    written[0].write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="fails its checksum"):
+        assert _run(root, tmp_path / "out") == 0
+    assert _preds(tmp_path / "out") == _preds(tmp_path / "clean")
+
+
+# ------------------------------------------------------------------------------------ caches (6, 7, 12)
+def test_feature_cache_bit_flip_is_recomputed(tmp_path):
+    import torch
+
+    from benchmarks.dense import ImageInfo
+    from sd4match.dift import DiftMatcher
+
+    cache = tmp_path / "cache"
+    img = [torch.rand(3, 64, 64)]
+    info = [ImageInfo(None, "k" * 64, "car", 64, 64)]
+    m = DiftMatcher.from_settings("tiny", cache_dir=str(cache))
+    items = [(img[0], info[0], m.cache_tag(info[0]))]
+    with torch.no_grad():
+        first = m.cached_features(items, lambda b, i, _: m.extract(b, i))[0]
+    files = [p for p in cache.rglob("*.pt") if "vae" not in p.parts]
+    assert len(files) == 1
+    data = bytearray(files[0].read_bytes())
+    idx = data.find(first.numpy().tobytes()[:64])
+    assert idx > 0
+    data[idx + 3] ^= 0x01  # one bit of one stored feature value
+    files[0].write_bytes(bytes(data))
+    m2 = DiftMatcher.from_settings("tiny", cache_dir=str(cache))
+    with pytest.warns(UserWarning, match="checksum|damaged"), torch.no_grad():
+        again = m2.cached_features(items, lambda b, i, _: m2.extract(b, i))[0]
+    assert torch.equal(again, first) and m2.stats["extracted"] == 1
+
+
+def test_unwritable_cache_dir_falls_back_with_a_warning(tmp_path):
+    import torch
+
+    from benchmarks.dense import ImageInfo
+    from sd4match.dift import DiftMatcher
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    m = DiftMatcher.from_settings("tiny", cache_dir=str(blocker / "cache"))
+    info = ImageInfo(None, "k" * 64, "car", 64, 64)
+    with pytest.warns(UserWarning, match="cannot write to the cache"), torch.no_grad():
+        out = m.cached_features([(torch.rand(3, 64, 64), info, m.cache_tag(info))], lambda b, i, _: m.extract(b, i))
+    assert out[0].shape[0] > 0
+
+
+def test_resaved_model_folder_changes_the_cache_key(tmp_path):
+    """Features cached for a folder's weights are not served after new weights are saved there."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks.dense import ImageInfo
+    from sd4match.dift import DiftMatcher
+
+    from .test_golden import golden
+
+    model = tmp_path / "sd"
+    shutil.copytree(golden("sd-stack"), model)
+    cache = tmp_path / "cache"
+    info = ImageInfo(None, "k" * 64, "car", 64, 64)
+    img = torch.rand(3, 64, 64)
+
+    def features():
+        m = DiftMatcher.from_settings(None, model_id=str(model), image_size=64, ensemble=1, cache_dir=str(cache))
+        with torch.no_grad():
+            return m.cached_features([(img, info, m.cache_tag(info))], lambda b, i, _: m.extract(b, i))[0], m
+
+    first, m1 = features()
+    again, m2 = features()
+    assert torch.equal(first, again) and m2.stats["cache_hits"] == 1
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(str(weights))
+    save_file({k: v * 1.5 for k, v in tensors.items()}, str(weights))
+    changed, m3 = features()
+    assert m3.stats["cache_hits"] == 0 and m3.feature_hash != m1.feature_hash
+    assert not torch.equal(changed, first)
+
+
+def test_random_preset_posterior_cache_is_keyed_by_seed(tmp_path):
+    from sd4match.dift import DiftMatcher
+
+    a = DiftMatcher.from_settings("tiny", cache_dir=str(tmp_path), seed=0)
+    b = DiftMatcher.from_settings("tiny", cache_dir=str(tmp_path), seed=1)
+    assert a._posteriors.dir != b._posteriors.dir and a.feature_hash != b.feature_hash

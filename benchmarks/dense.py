@@ -69,6 +69,16 @@ class DenseConfig(MatcherConfig):
     geoaware_beta: float = 0.02
     cache_dir: str = ""
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 2 <= self.image_size <= 8192:
+            raise ValueError(f"image_size must be in 2..8192, got {self.image_size}")
+        if not (self.temperature > 0 and self.kernel_sigma > 0 and self.geoaware_beta > 0):
+            raise ValueError(f"temperature, kernel_sigma and geoaware_beta must be > 0, got {self.temperature}, "
+                             f"{self.kernel_sigma}, {self.geoaware_beta}")
+        if self.window_radius < 0 or self.geoaware_window < 0:
+            raise ValueError(f"window_radius and geoaware_window must be >= 0, got {self.window_radius}, {self.geoaware_window}")
+
 
 @dataclass
 class ImageInfo:

@@ -172,7 +172,9 @@ def shard_ok(path: Path, pair_ids: list[str]) -> bool:
         return False
     problem = None
     try:
-        if _checksum_path(path).read_text().strip() != file_sha256(path):
+        if not _checksum_path(path).is_file():
+            problem = "has no checksum (the run stopped while writing it)"
+        elif _checksum_path(path).read_text().strip() != file_sha256(path):
             problem = "fails its checksum"
         else:
             ids = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()

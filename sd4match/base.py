@@ -38,6 +38,12 @@ class SDConfig(DenseConfig):
     attention: str = "auto"
     posterior: str = "per-image"
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.t <= 999 or self.ensemble < 1 or not 0 <= self.up_block <= 3:
+            raise ValueError(f"t must be in 0..999, ensemble >= 1 and up_block in 0..3; got t={self.t}, "
+                             f"ensemble={self.ensemble}, up_block={self.up_block}")
+
 
 #: the parts of a diffusers Stable Diffusion folder whose files the features depend on
 SD_FOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")

@@ -25,6 +25,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from .models import default_model_id
 from .prompts import PROMPT_FORMAT, VARIANTS
 
 DEFAULT_EPOCHS = {"spair-71k": 5, "pf-pascal": 90, "pf-willow": 1}
+#: checkpoint steps live in OUT/CHECKPOINTS/step-NNNNNNNN; OUT/POINTER names the current one
+CHECKPOINTS, POINTER = "checkpoints", "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,26 @@ class TrainConfig:
     val_limit: int = 0  # 0: the whole validation split
     val_every: int = 0  # steps; 0: after every epoch
     save_every: int = 50
+
+    def __post_init__(self):
+        import math
+
+        bad = []
+        for name in ("lr", "lr_linear", "temperature", "sigma"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                bad.append(f"{name} must be a finite number > 0 (got {v!r})")
+        if not (isinstance(self.window, int) and self.window >= 1 and self.window % 2 == 1):
+            bad.append(f"window must be an odd integer >= 1 (got {self.window!r})")
+        for name, low in (("max_kps", 1), ("ensemble", 1), ("batch_size", 1), ("save_every", 1), ("image_size", 16),
+                          ("epochs", 0), ("max_steps", 0), ("val_limit", 0), ("val_every", 0), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                bad.append(f"{name} must be an integer >= {low} (got {v!r})")
+        if isinstance(self.t, bool) or not isinstance(self.t, int) or not 0 <= self.t <= 999:
+            bad.append(f"t must be an integer in 0..999 (got {self.t!r})")
+        if bad:
+            raise ValueError("; ".join(bad))
 
     def resolved_epochs(self) -> int:
         return self.epochs or DEFAULT_EPOCHS.get(self.dataset, 1)
@@ -304,8 +327,20 @@ class Trainer:
         return float((correct[0] / counts).mean())
 
     # ------------------------------------------------------------------ files
-    def save(self, with_best: float | None = None) -> None:
-        from loaders.atomic import atomic_path, write_text
+    def save(self, with_best: bool = False) -> None:
+        """One atomic checkpoint step.
+
+        Everything of the step (``last.safetensors``, ``best.safetensors``, the optimiser ``state.pt``,
+        ``train_log.csv``) is written into a fresh folder, the folder is renamed to
+        ``checkpoints/step-NNNNNNNN``, and only then is the pointer file ``checkpoint`` switched to it
+        (an atomic rename). Whatever the crash point, the pointer names a complete step, so
+        ``--resume`` ends with the parameters of an uninterrupted run. The top-level ``last`` /
+        ``best`` / ``train_log.csv`` are copies of the pointed step, refreshed on resume.
+        """
+        import shutil
+        import tempfile
+
+        from loaders.atomic import write_text
 
         from . import checkpoint as ckpt
 
@@ -315,41 +350,102 @@ class Trainer:
                 "dino_dim": self.dino_dim if self.cfg.variant == "cpm" else 0,
                 "n_patches": self.n_patches if self.cfg.variant == "cpm" else 0, "step": self.step,
                 "config": dataclasses.asdict(self.cfg)}
-        ckpt.save(self.prompt, self.out / ckpt.LAST, **meta)
-        if with_best is not None:
-            ckpt.save(self.prompt, self.out / ckpt.BEST, **meta)
-        with atomic_path(self.out / "state.pt", suffix=".pt") as tmp:
-            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best}, tmp)
+        root = self.out / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step-{self.step:08d}"
+        previous = self.current_step_dir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            ckpt.save(self.prompt, tmp / ckpt.LAST, **meta)
+            if with_best:
+                ckpt.save(self.prompt, tmp / ckpt.BEST, **meta)
+            elif previous is not None and (previous / ckpt.BEST).is_file():
+                shutil.copyfile(previous / ckpt.BEST, tmp / ckpt.BEST)
+            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best}, tmp / "state.pt")
+            (tmp / "train_log.csv").write_text(self._log_text())
+            final = root / name
+            if final.exists():  # a step written before a crash, never pointed at
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        write_text(self.out / POINTER, name + "\n")  # the commit
+        self.publish(final)
+        for d in root.iterdir():  # older steps and leftovers of interrupted ones
+            if d.name != name:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _log_text(self) -> str:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "val_pck"], lineterminator="\n")
         w.writeheader()
         w.writerows(self.log)
-        write_text(self.out / "train_log.csv", buf.getvalue())
+        return buf.getvalue()
+
+    def current_step_dir(self) -> Path | None:
+        """The step folder the pointer names, or None (no checkpoint yet)."""
+        pointer = self.out / POINTER
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text(errors="replace").strip()
+        if not re.fullmatch(r"step-\d{8}", name) or not (self.out / CHECKPOINTS / name).is_dir():
+            raise TrainError(f"{pointer}: names {name[:40]!r}, not a checkpoint folder of {self.out / CHECKPOINTS}")
+        return self.out / CHECKPOINTS / name
+
+    def publish(self, step_dir: Path) -> None:
+        """Copy the step's prompts and log to the top of ``--out`` (each copy atomic)."""
+        import shutil
+
+        from loaders.atomic import atomic_path
+
+        from . import checkpoint as ckpt
+
+        for name in (ckpt.LAST, ckpt.BEST, "train_log.csv"):
+            if (step_dir / name).is_file():
+                with atomic_path(self.out / name, suffix=Path(name).suffix) as tmp:
+                    shutil.copyfile(step_dir / name, tmp)
 
     def resume(self) -> None:
         from . import checkpoint as ckpt
 
-        state_path = self.out / "state.pt"
-        if not state_path.is_file() or not (self.out / ckpt.LAST).is_file():
-            raise TrainError(f"{self.out}: nothing to resume (no state.pt / {ckpt.LAST})")
-        saved = json.loads((self.out / "config.json").read_text())
+        step_dir = self.current_step_dir()
+        if step_dir is None and (self.out / "state.pt").is_file() and (self.out / ckpt.LAST).is_file():
+            step_dir = self.out  # a run written before checkpoint steps existed
+        if step_dir is None:
+            raise TrainError(f"{self.out}: nothing to resume (no {POINTER} file naming a checkpoint step)")
+        try:
+            saved = json.loads((self.out / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainError(f"{self.out / 'config.json'}: unreadable ({type(exc).__name__}: {str(exc)[:100]})") from None
+        if not isinstance(saved, dict):
+            raise TrainError(f"{self.out / 'config.json'}: expected a JSON object, got {type(saved).__name__}")
         mine = dataclasses.asdict(self.cfg)
         differ = [k for k in mine if k not in ("max_steps", "epochs", "device") and saved.get(k) != mine[k]]
         if differ:
             raise TrainError(f"{self.out / 'config.json'}: --resume with different settings ({', '.join(differ)})")
-        module, meta = ckpt.load(self.out / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
+        module, meta = ckpt.load(step_dir / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
                                  dino_dim=self.dino_dim if self.cfg.variant == "cpm" else None,
                                  n_patches=self.n_patches if self.cfg.variant == "cpm" else None)
         if meta["prompt_format"] != PROMPT_FORMAT:
-            raise TrainError(f"{self.out / ckpt.LAST}: prompt format {meta['prompt_format']} (trained before corrbench "
+            raise TrainError(f"{step_dir / ckpt.LAST}: prompt format {meta['prompt_format']} (trained before corrbench "
                              f"adopted SD4Match's prompt encoding) cannot be resumed; evaluate it as it is, or start a new run")
         self.prompt.load_state_dict(module.state_dict())
-        state = self.torch.load(state_path, map_location=self.device, weights_only=True)
-        self.opt.load_state_dict(state["optimizer"])
-        self.step, self.best = int(state["step"]), float(state["best"])
-        if (self.out / "train_log.csv").is_file():
-            with open(self.out / "train_log.csv") as fh:
+        try:  # tensors and plain containers only: a planted pickle cannot run code here
+            state = self.torch.load(step_dir / "state.pt", map_location=self.device, weights_only=True)
+            self.opt.load_state_dict(state["optimizer"])
+            self.step, self.best = int(state["step"]), float(state["best"])
+        except Exception as exc:
+            raise TrainError(f"{step_dir / 'state.pt'}: not a readable optimiser state ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+        if int(meta.get("step", self.step)) != self.step:
+            raise TrainError(f"{step_dir}: prompts of step {meta.get('step')} beside optimiser state of step {self.step}")
+        self.log = []
+        if (step_dir / "train_log.csv").is_file():
+            with open(step_dir / "train_log.csv") as fh:
                 self.log = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.step]
+        if step_dir != self.out:
+            self.publish(step_dir)
 
     def run(self, progress: bool = True) -> None:
         cfg = self.cfg
@@ -364,15 +460,17 @@ class Trainer:
             row = {"step": self.step, "epoch": epoch, "loss": f"{loss:.6f}", "val_pck": ""}
             end_of_epoch = self.step % self.steps_per_epoch == 0
             val_due = (cfg.val_every and self.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
-            best = None
+            best = False
             if val_due or self.step == self.total_steps:
                 pck = self.validate() if self.rank == 0 else None
                 if pck is not None:
                     row["val_pck"] = f"{pck:.6f}"
                     if pck > self.best:
-                        self.best, best = pck, pck
+                        self.best, best = pck, True
+            if self.val_rows is None and self.step == self.total_steps:
+                best = True  # no validation split: the last prompt is the result
             self.log.append(row)
-            if self.step % cfg.save_every == 0 or best is not None or self.step == self.total_steps or end_of_epoch:
+            if self.step % cfg.save_every == 0 or best or self.step == self.total_steps or end_of_epoch:
                 self.save(with_best=best)
             if self.world > 1:
                 import torch.distributed as dist
@@ -383,12 +481,6 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
         if bar:
             bar.close()
-        if self.val_rows is None and self.rank == 0:  # no validation split: the last prompt is the result
-            import shutil
-
-            from . import checkpoint as ckpt
-
-            shutil.copyfile(self.out / ckpt.LAST, self.out / ckpt.BEST)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -477,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out
         from .checkpoint import LAST
 
-        if not args.resume and (out / LAST).exists():
+        if out.exists() and not out.is_dir():
+            raise TrainError(f"{out}: --out is a file, not a folder")
+        if not args.resume and ((out / LAST).exists() or (out / POINTER).exists()):
             raise TrainError(f"{out}: already holds a training run; pass --resume or choose another --out")
         if world > 1:
             import torch
@@ -500,6 +594,13 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out under a file, read-only, full
+        print(f"error: {getattr(exc, 'filename', None) or args.out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if rank == 0:
+            print(f"interrupted; {args.out} holds the last complete checkpoint step: continue with --resume", file=sys.stderr)
+        return 130
     finally:
         if world > 1:
             import torch.distributed as dist

@@ -72,8 +72,9 @@ def test_format1_training_run_is_not_resumed(tmp_path):
     tr = Trainer(cfg, out)
     tr.save()
     (out / "config.json").write_text(json.dumps(__import__("dataclasses").asdict(cfg)))
-    _, meta = ckpt.read(out / "last.safetensors")
-    save_file({"tokens": tr.prompt.tokens.data.clone()}, str(out / "last.safetensors"),
+    last = tr.current_step_dir() / "last.safetensors"  # what --resume reads
+    _, meta = ckpt.read(last)
+    save_file({"tokens": tr.prompt.tokens.data.clone()}, str(last),
               metadata={k: v for k, v in meta.items() if k != "prompt_format"})
     with pytest.raises(TrainError, match="prompt format 1 .* cannot be resumed"):
         Trainer(cfg, out).resume()

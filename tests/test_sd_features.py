@@ -188,7 +188,7 @@ def test_cache_resume_and_identical_predictions(tmp_path):
 def test_bad_settings():
     from sd4match.dift import DiftMatcher
 
-    with pytest.raises(ConfigError, match="ensemble must be >= 1"):
+    with pytest.raises(ConfigError, match="ensemble >= 1.*ensemble=0"):
         DiftMatcher.from_settings("tiny", ensemble=0)
     m = DiftMatcher.from_settings("tiny", seed=3)
     assert m.config.seed == 3 and m.config.model_id == "tiny" and m.config.t == 261

@@ -33,6 +33,10 @@ class MatcherConfig:
     seed: int = 0
     batch_size: int = 1
 
+    def __post_init__(self):
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an integer in 0..2^63-1, got {self.seed!r}")
+
 
 def config_from(cls: type, overrides: dict[str, Any], owner: str) -> Any:
     """Instantiate dataclass ``cls`` with ``overrides``; unknown keys and bad types are errors."""
@@ -43,16 +47,44 @@ def config_from(cls: type, overrides: dict[str, Any], owner: str) -> Any:
     values = {}
     for k, v in overrides.items():
         default = fields[k].default
-        if isinstance(v, str) and default is not None and not isinstance(default, str) and default is not dataclasses.MISSING:
-            try:
-                v = type(default)(json.loads(v)) if not isinstance(default, (tuple, list)) else tuple(json.loads(v))
-            except (ValueError, TypeError):
-                raise ConfigError(f"{owner}: setting {k!r} expects {type(default).__name__}, got {v!r}") from None
+        if default is dataclasses.MISSING and fields[k].default_factory is not dataclasses.MISSING:
+            default = fields[k].default_factory()
+        if default is not None and default is not dataclasses.MISSING and not isinstance(default, str):
+            v = _coerce(v, default, k, owner)
         values[k] = tuple(v) if isinstance(v, list) else v
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{owner}: {exc}") from None
+
+
+def _coerce(v: Any, default: Any, key: str, owner: str) -> Any:
+    """``v`` (a command-line string or a value) as the type of ``default``, strictly: no bool for a
+    number, no fraction for an integer, no NaN or infinity."""
+    import math
+
+    raw = v
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            raise ConfigError(f"{owner}: setting {key!r} expects {type(default).__name__}, got {raw!r}") from None
+    kind = type(default)
+    if isinstance(default, bool):
+        ok = isinstance(v, bool)
+    elif isinstance(default, int):
+        ok = isinstance(v, int) and not isinstance(v, bool)
+    elif isinstance(default, float):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        v = float(v) if ok else v
+    elif isinstance(default, (tuple, list)):
+        ok = isinstance(v, (list, tuple))
+        v = tuple(v) if ok else v
+    else:
+        ok = isinstance(v, kind)
+    if not ok:
+        raise ConfigError(f"{owner}: setting {key!r} expects a finite {kind.__name__}, got {raw!r}")
+    return v
 
 
 def parse_settings(flags: dict[str, Any], sets: list[str]) -> dict[str, Any]:

@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LeaderboardError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {getattr(exc, 'filename', None) or args.out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     for w in written:
         print(f"wrote {w}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -54,12 +55,25 @@ def read_run(run_dir: str | Path) -> pd.DataFrame:
     missing = sorted(need - set(df.columns))
     if missing:
         raise LeaderboardError(f"{res}: missing column(s) {missing}")
+    for col in ("pck", "alpha"):
+        values = pd.to_numeric(df[col], errors="coerce")
+        bad = values.isna() | (values < 0) | (values > 1)
+        if bad.any():
+            first = df[col][bad].iloc[0]
+            raise LeaderboardError(f"{res}: column {col!r} must hold numbers in [0, 1], found {first!r} "
+                                   f"(row {int(bad.to_numpy().nonzero()[0][0]) + 2})")
+        df[col] = values
+    for name in set(df["dataset"].astype(str)):
+        safe_name(name, f"{res}: column 'dataset'")
     chash = ""
     if meta.is_file():
         try:
-            chash = json.loads(meta.read_text()).get("config_hash", "")
-        except json.JSONDecodeError as exc:
-            raise LeaderboardError(f"{meta}: malformed JSON ({exc.msg})") from None
+            record = json.loads(meta.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise LeaderboardError(f"{meta}: malformed JSON ({getattr(exc, 'msg', exc)})") from None
+        if not isinstance(record, dict):
+            raise LeaderboardError(f"{meta}: expected a JSON object, got {type(record).__name__}")
+        chash = str(record.get("config_hash", ""))
     df = df.rename(columns={"matcher": "method"})
     if "precision" not in df.columns:  # results written before precision was recorded
         df["precision"] = "unknown"
@@ -70,7 +84,20 @@ def read_run(run_dir: str | Path) -> pd.DataFrame:
     return df
 
 
+def safe_name(name: str, where: str) -> str:
+    """A dataset name used in output file names: letters, digits, '.', '_' and '-', no leading dot."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", str(name)):
+        raise LeaderboardError(f"{where}: {str(name)[:80]!r} is not a dataset name (letters, digits, '.', '_', '-')")
+    return str(name)
+
+
 def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None) -> pd.DataFrame:
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise LeaderboardError(f"{d}: run folder given twice (also as {seen[key]})")
+        seen[key] = str(d)
     frames = [read_run(d) for d in run_dirs]
     frames.append(read_reported() if reported is None else reported)
     cols = KEY + ["dataset", "category", "alpha", "pck", "note"]
@@ -197,7 +224,13 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     df = collect(run_dirs, reported)
     measured_datasets = sorted(set(df.loc[df["kind"] == "measured", "dataset"]))
     written = []
+    if out.exists() and not out.is_dir():
+        raise LeaderboardError(f"{out}: --out is a file, not a folder")
     for dataset in measured_datasets:
+        safe_name(dataset, "dataset")
+        target = (out / f"{dataset}.csv").resolve()
+        if target.parent != out.resolve():
+            raise LeaderboardError(f"{dataset!r}: output would leave {out}")
         d = df[df["dataset"] == dataset]
         table = wide(d)
         write_text(out / f"{dataset}.csv", csv_text(table))

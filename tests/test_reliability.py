@@ -390,3 +390,58 @@ def test_random_preset_posterior_cache_is_keyed_by_seed(tmp_path):
     a = DiftMatcher.from_settings("tiny", cache_dir=str(tmp_path), seed=0)
     b = DiftMatcher.from_settings("tiny", cache_dir=str(tmp_path), seed=1)
     assert a._posteriors.dir != b._posteriors.dir and a.feature_hash != b.feature_hash
+
+
+# ------------------------------------------------------------------------------------ leaderboard (3, 12)
+def _identity_run(tmp_path):
+    from benchmarks.run import main as run_cli
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 6}, seed=5)
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--out", str(out),
+                    "--quiet"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("name", ["../ESCAPED", "/tmp/abs", ".hidden", "a/b"])
+def test_leaderboard_output_names_stay_inside_out(tmp_path, capsys, name):
+    import pandas as pd
+
+    from leaderboard.__main__ import main
+
+    run = _identity_run(tmp_path)
+    res = pd.read_csv(run / "results.csv")
+    res["dataset"] = name
+    res.to_csv(run / "results.csv", index=False)
+    assert main(["build", str(run), "--out", str(tmp_path / "lb")]) == 2
+    assert "not a dataset name" in capsys.readouterr().err
+    assert not (tmp_path / "ESCAPED.csv").exists() and not list(tmp_path.glob("lb/*"))
+
+
+@pytest.mark.parametrize("col, value, match", [("pck", "abc", "'pck' must hold numbers"), ("alpha", "x", "'alpha'"),
+                                                ("pck", "7", "in \\[0, 1\\]")])
+def test_leaderboard_non_numeric(tmp_path, capsys, col, value, match):
+    import pandas as pd
+
+    from leaderboard.__main__ import main
+
+    run = _identity_run(tmp_path)
+    res = pd.read_csv(run / "results.csv")
+    res[col] = res[col].astype(object)
+    res.loc[3, col] = value
+    res.to_csv(run / "results.csv", index=False)
+    assert main(["build", str(run), "--out", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err
+    assert pytest.importorskip("re").search(match, err) and err.count("\n") == 1
+
+
+def test_leaderboard_duplicate_run_and_list_run_json(tmp_path, capsys):
+    from leaderboard.__main__ import main
+
+    run = _identity_run(tmp_path)
+    assert main(["build", str(run), str(run), "--out", str(tmp_path / "lb")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    (run / "run.json").write_text("[]")
+    assert main(["build", str(run), "--out", str(tmp_path / "lb")]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err

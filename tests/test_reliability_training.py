@@ -74,7 +74,7 @@ def test_crash_at_every_write_of_a_checkpoint_step_resumes_exactly(willow, tmp_p
     while True:
         state = {"active": False, "count": 0, "crashed": False}
 
-        def wrap(fn):
+        def wrap(fn, state=state, k=k):
             def inner(*a, **kw):
                 if state["active"]:
                     if state["count"] == k:
@@ -84,7 +84,7 @@ def test_crash_at_every_write_of_a_checkpoint_step_resumes_exactly(willow, tmp_p
                 return fn(*a, **kw)
             return inner
 
-        def save(self, *a, **kw):
+        def save(self, *a, state=state, **kw):
             state["active"] = self.step == 4
             try:
                 return real_save(self, *a, **kw)

@@ -240,6 +240,31 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
         bar.close()
 
 
+_LOCKS: list = []
+
+
+def _lock(out: Path) -> None:
+    """Hold an exclusive lock on ``out`` for this process's lifetime: a second run into the same
+    folder stops with a clear message instead of interleaving its files (the lock dies with the process)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform: no protection, as before
+        return
+    fh = open(out / ".corrbench.lock", "a+")  # noqa: SIM115 - kept open while the run lasts
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise RunError(f"{out}: another run is writing into this folder; wait for it to finish or choose "
+                       "another --out") from None
+    _LOCKS.append(fh)
+
+
+def _unlock() -> None:
+    while _LOCKS:
+        _LOCKS.pop().close()
+
+
 def run(args) -> Path:
     import loaders
 
@@ -273,8 +298,15 @@ def run(args) -> Path:
         table = table.slice(0, args.limit)
     t_load = time.perf_counter() - t0
 
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out}: --out is a file, not a folder")
     partial = out / f".partial-{chash}"
-    partial.mkdir(parents=True, exist_ok=True)
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
+    if rank == 0:
+        _lock(out)
     batch = int(getattr(matcher, "batch_size", 0) or getattr(matcher.config, "batch_size", 1) or 1)
     if args.shard_size is not None and args.shard_size <= 0:
         raise RunError(f"--shard-size must be positive, got {args.shard_size}")
@@ -367,7 +399,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: completed shards are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except OSError as exc:  # read-only or full disk, a file in the way
+        where = getattr(exc, "filename", None) or args.out or "output"
+        print(f"error: {where}: cannot write ({exc.strerror or exc}); completed shards are kept", file=sys.stderr)
+        return 2
     finally:
+        _unlock()
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             import torch.distributed as dist
 

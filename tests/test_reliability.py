@@ -445,3 +445,40 @@ def test_leaderboard_duplicate_run_and_list_run_json(tmp_path, capsys):
     (run / "run.json").write_text("[]")
     assert main(["build", str(run), "--out", str(tmp_path / "lb")]) == 2
     assert "expected a JSON object" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ run outputs (12)
+def test_run_out_in_the_way_locked_or_full(tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    from benchmarks.run import main as run_cli
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 6}, seed=5)
+    args = ["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--quiet"]
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert run_cli(args + ["--out", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert run_cli(args + ["--out", str(f / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the output folder" in err and err.count("\n") == 1
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".corrbench.lock", "a+") as fh:  # another run holds the folder
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_cli(args + ["--out", str(out)]) == 2
+        assert "another run is writing into this folder" in capsys.readouterr().err
+    assert not (out / "results.csv").exists()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "predictions.parquet"))
+
+    monkeypatch.setattr("loaders.atomic.write_parquet", full)
+    assert run_cli(args + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and err.count("\n") == 1
+    assert not (out / "results.csv").exists() and not (out / "predictions.parquet").exists()
+    monkeypatch.undo()
+    assert run_cli(args + ["--out", str(out)]) == 0  # the lock died with its holder

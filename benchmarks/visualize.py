@@ -61,11 +61,36 @@ def draw_pair(src_img, trg_img, src_kps, gt_kps, pred_kps, ok, title: str, path:
     plt.close(fig)
 
 
+def open_scaled(path: Path, max_side: int):
+    """An image decoded no larger than ``max_side`` on its longer side -> (RGB image, (sx, sy) from
+    original pixels to drawn pixels). JPEGs are decoded at reduced scale directly (draft mode), so
+    a 100-megapixel file never sits in memory at full size; headers claiming absurd sizes are refused."""
+    from PIL import Image, UnidentifiedImageError
+
+    from loaders._common import MAX_PIXELS, regular_file
+
+    regular_file(path, "image file")
+    try:
+        with Image.open(path) as im:
+            W, H = im.size
+            if W * H > MAX_PIXELS:
+                raise ValueError(f"{path}: image header claims {W} x {H} pixels; refusing to decode")
+            scale = min(1.0, max_side / max(W, H))
+            size = (max(1, round(W * scale)), max(1, round(H * scale)))
+            if scale < 1:
+                im.draft("RGB", size)  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+                img = im.convert("RGB").resize(size, Image.BILINEAR, reducing_gap=2.0)
+            else:
+                img = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: cannot open image ({type(exc).__name__}: {str(exc)[:120]})") from None
+    return img, np.array([img.width / W, img.height / H])
+
+
 def visualize(run_dir: Path, data_root: Path, n_pairs: int = 10, category: str | None = None, worst: bool = False,
-              readout: str | None = None, alpha: float = 0.1, out: Path | None = None) -> list[Path]:
+              readout: str | None = None, alpha: float = 0.1, out: Path | None = None, max_side: int = 1200) -> list[Path]:
     import pyarrow as pa
     import pyarrow.compute as pc
-    from PIL import Image
 
     import loaders
 
@@ -74,7 +99,12 @@ def visualize(run_dir: Path, data_root: Path, n_pairs: int = 10, category: str |
     meta_path = run_dir / "run.json"
     if not meta_path.is_file():
         raise ValueError(f"{meta_path}: missing; is {run_dir} a folder written by benchmarks.run?")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{meta_path}: malformed JSON ({exc})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("dataset"), str) or not isinstance(meta.get("split"), str):
+        raise ValueError(f"{meta_path}: expected a JSON object with 'dataset' and 'split'")
     dataset, split = meta["dataset"], meta["split"]
     table = loaders.load(dataset, data_root, split, layout=meta.get("layout"))
     pred = P.read(run_dir / "predictions.parquet")
@@ -101,16 +131,12 @@ def visualize(run_dir: Path, data_root: Path, n_pairs: int = 10, category: str |
     for i in order:
         r = kept.slice(int(i), 1).to_pylist()[0]
         s, e = pairs.offsets[i], pairs.offsets[i + 1]
-        try:
-            src = Image.open(data_root / r["src_image"])
-            trg = Image.open(data_root / r["trg_image"])
-            src.load()
-            trg.load()
-        except (OSError, FileNotFoundError) as exc:
-            raise ValueError(f"{data_root / r['src_image']}: cannot open image pair ({exc})") from None
+        src, s_scale = open_scaled(data_root / r["src_image"], max_side)
+        trg, t_scale = open_scaled(data_root / r["trg_image"], max_side)
         name = f"{len(written):03d}-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in r["pair_id"]) + ".png"
         title = f"{r['pair_id']}  {readout}  PCK@{alpha:g} = {frac[i] * 100:.0f}%"
-        draw_pair(src, trg, np.array(r["src_kps"]), np.array(r["trg_kps"]), xy[readout][s:e], hit[s:e], title, out / name)
+        draw_pair(src, trg, np.array(r["src_kps"]) * s_scale, np.array(r["trg_kps"]) * t_scale,
+                  xy[readout][s:e] * t_scale, hit[s:e], title, out / name)
         written.append(out / name)
     return written
 
@@ -129,14 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readout", default=None)
     p.add_argument("--alpha", type=float, default=0.1)
     p.add_argument("--out", type=Path, default=None, help="default RUN_DIR/vis")
+    p.add_argument("--max-side", type=int, default=1200, help="longer side of each drawn image, pixels (16..8192)")
     args = p.parse_args(argv)
     try:
-        if args.pairs <= 0 or args.alpha <= 0:
-            raise ValueError("--pairs and --alpha must be positive")
+        if args.pairs <= 0 or not args.alpha > 0 or not 16 <= args.max_side <= 8192:
+            raise ValueError("--pairs and --alpha must be positive and --max-side in 16..8192")
         written = visualize(args.run_dir, args.data_root, args.pairs, args.category, args.worst, args.readout,
-                            args.alpha, args.out)
+                            args.alpha, args.out, args.max_side)
     except (ValueError, DatasetError, PredictionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {getattr(exc, 'filename', None) or args.out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
         return 2
     for w in written:
         print(f"wrote {w}")

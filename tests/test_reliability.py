@@ -482,3 +482,35 @@ def test_run_out_in_the_way_locked_or_full(tmp_path, capsys, monkeypatch):
     assert not (out / "results.csv").exists() and not (out / "predictions.parquet").exists()
     monkeypatch.undo()
     assert run_cli(args + ["--out", str(out)]) == 0  # the lock died with its holder
+
+
+# ------------------------------------------------------------------------------------ visualize memory (13)
+def test_visualize_decodes_huge_images_downscaled(tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from benchmarks.run import main as run_cli
+
+    root = tmp_path / "spair"
+    anns = write_spair_root(root, {"test": 1}, seed=5, images=True)["test"]
+    a = anns[0]
+    big = Image.new("RGB", (10000, 10000), (90, 120, 150))  # 100 megapixels
+    big.save(root / "JPEGImages" / a["category"] / a["src_imname"], quality=50)
+    del big
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--out", str(out),
+                    "--quiet"]) == 0
+    code = ("import resource, sys\nfrom benchmarks.visualize import main\n"
+            f"rc = main([{str(out)!r}, '--data-root', {str(root)!r}, '--pairs', '1'])\n"
+            "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'RC', rc)\n")
+    env = {**__import__("os").environ, "CORRBENCH_CACHE": str(tmp_path / "cache")}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    line = [x for x in res.stdout.splitlines() if x.startswith("RSS_KB")][0].split()
+    rss_kb, rc = int(line[1]), int(line[3])
+    assert rc == 0, res.stderr
+    assert rss_kb < 1_000_000, f"peak RSS {rss_kb / 1e6:.2f} GB for one 100-megapixel image"
+    png = next((out / "vis").glob("*.png"))
+    with Image.open(png) as im:
+        assert max(im.size) <= 2 * 1200 + 200

@@ -296,18 +296,26 @@ class DenseMatcher(Matcher):
     def _decode(self, path: Path) -> tuple[torch.Tensor, str, tuple[int, int]]:
         from PIL import Image, UnidentifiedImageError
 
+        from loaders import DatasetError
+        from loaders._common import MAX_PIXELS, regular_file
+
         try:
+            regular_file(path, "image file")  # a FIFO or device would block or never end
             data = path.read_bytes()
-        except FileNotFoundError:
-            raise MatcherError(f"{path}: image file is missing") from None
+        except DatasetError as exc:
+            raise MatcherError(str(exc)) from None
+        except OSError as exc:
+            raise MatcherError(f"{path}: cannot read image ({exc.strerror or exc})") from None
         try:
             with Image.open(io.BytesIO(data)) as im:
                 size = im.size
+                if size[0] * size[1] > MAX_PIXELS:
+                    raise MatcherError(f"{path}: image header claims {size[0]} x {size[1]} pixels; refusing to decode")
                 full = im.convert("RGB")
                 key = pixel_key(full)
                 rgb = full.resize((self.config.image_size,) * 2, getattr(Image.Resampling, RESIZE[self.config.resize]))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise MatcherError(f"{path}: cannot decode image ({exc})") from None
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise MatcherError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc)[:120]})") from None
         arr = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
         return arr, key, size
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="download a dataset from its official address")
     d.add_argument("dataset")
     d.add_argument("--root", required=True, type=Path)
+    d.add_argument("--sha256", default=None, help="expected sha256 of the archive (printed by a first download)")
+    d.add_argument("--allow-unverified", action="store_true", help="unpack an archive that has no checksum to check")
     return p
 
 
@@ -88,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "download":
             from .download import NOTES, download
 
-            for name in download(args.dataset, args.root):
+            for name in download(args.dataset, args.root, sha256=args.sha256, allow_unverified=args.allow_unverified):
                 print(f"unpacked {name} into {args.root}")
             if args.dataset in NOTES:
                 print(f"note: {NOTES[args.dataset]}")
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {getattr(exc, 'filename', None) or 'output'}: cannot write ({exc.strerror or exc})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

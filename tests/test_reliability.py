@@ -502,9 +502,11 @@ def test_visualize_decodes_huge_images_downscaled(tmp_path):
     out = tmp_path / "run"
     assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--out", str(out),
                     "--quiet"]) == 0
+    # peak RSS of the child's own address space (VmHWM; ru_maxrss can carry the forking parent's peak)
     code = ("import resource, sys\nfrom benchmarks.visualize import main\n"
             f"rc = main([{str(out)!r}, '--data-root', {str(root)!r}, '--pairs', '1'])\n"
-            "print('RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'RC', rc)\n")
+            "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')]\n"
+            "print('RSS_KB', hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'RC', rc)\n")
     env = {**__import__("os").environ, "CORRBENCH_CACHE": str(tmp_path / "cache")}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     line = [x for x in res.stdout.splitlines() if x.startswith("RSS_KB")][0].split()
@@ -514,3 +516,132 @@ def test_visualize_decodes_huge_images_downscaled(tmp_path):
     png = next((out / "vis").glob("*.png"))
     with Image.open(png) as im:
         assert max(im.size) <= 2 * 1200 + 200
+
+
+# ------------------------------------------------------------------------------------ downloads (4)
+def _zip(path, members):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dl(tmp_path, archive, **kw):
+    from loaders.download import Archive, download
+
+    root = tmp_path / "root"
+    cap = kw.pop("cap", 1 << 20)
+    sha = kw.pop("recorded", None)
+    return root, lambda: download("pf-willow", root, archives=[Archive(archive.as_uri(), sha, cap)], **kw)
+
+
+def test_download_verifies_the_checksum(tmp_path):
+    archive = _zip(tmp_path / "a.zip", {"PF-dataset/x.txt": b"hello"})
+    root, go = _dl(tmp_path, archive, recorded=_sha(archive))
+    go()
+    assert (root / "PF-dataset" / "x.txt").read_bytes() == b"hello"
+    tampered = _zip(tmp_path / "b.zip", {"PF-dataset/x.txt": b"HELLO"})
+    root, go = _dl(tmp_path / "t", tampered, recorded=_sha(archive))
+    with pytest.raises(DatasetError, match="does not match the expected"):
+        go()
+    assert not (root / "PF-dataset").exists() and not list(root.glob(".download-*"))
+    root, go = _dl(tmp_path / "u", tampered)  # nothing recorded, nothing passed
+    with pytest.raises(DatasetError, match="no checksum is recorded.*--sha256 HEX"):
+        go()
+    assert not (root / "PF-dataset").exists()
+    root, go = _dl(tmp_path / "v", tampered, sha256=_sha(tampered))
+    go()
+    assert (root / "PF-dataset" / "x.txt").read_bytes() == b"HELLO"
+
+
+def test_zip_bomb_is_capped(tmp_path):
+    archive = _zip(tmp_path / "bomb.zip", {"PF-dataset/zeros.bin": b"\0" * (8 << 20)})
+    assert archive.stat().st_size < 100_000
+    root, go = _dl(tmp_path, archive, cap=1 << 20, allow_unverified=True)
+    with pytest.raises(DatasetError, match="unpacks to more than"):
+        go()
+    assert not list(root.iterdir())  # nothing moved in, the .download-* folder removed
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "device", "hardlink"])
+def test_tar_members_that_escape_or_are_special(tmp_path, kind):
+    import io
+    import tarfile
+
+    archive = tmp_path / "a.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        ok = tarfile.TarInfo("PF-dataset/ok.txt")
+        ok.size = 2
+        tf.addfile(ok, io.BytesIO(b"ok"))
+        bad = tarfile.TarInfo({"dotdot": "../evil.txt", "absolute": "/tmp/evil.txt"}.get(kind, "PF-dataset/evil"))
+        if kind == "symlink":
+            bad.type, bad.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        elif kind == "device":
+            bad.type, bad.devmajor, bad.devminor = tarfile.CHRTYPE, 1, 5
+        elif kind == "hardlink":
+            bad.type, bad.linkname = tarfile.LNKTYPE, "/etc/passwd"
+        else:
+            bad.size = 4
+        tf.addfile(bad, io.BytesIO(b"evil") if bad.isfile() else None)
+    root, go = _dl(tmp_path, archive, allow_unverified=True)
+    with pytest.raises(DatasetError, match="unsafe member path|link, device or FIFO"):
+        go()
+    assert not (tmp_path / "evil.txt").exists() and not list(root.iterdir())
+
+
+def test_stale_download_folders_are_removed(tmp_path):
+    archive = _zip(tmp_path / "a.zip", {"PF-dataset/x.txt": b"x"})
+    root, go = _dl(tmp_path, archive, recorded=_sha(archive))
+    (root / ".download-killed").mkdir(parents=True)
+    (root / ".download-killed" / "half.zip").write_bytes(b"12")
+    go()
+    assert not list(root.glob(".download-*")) and (root / "PF-dataset" / "x.txt").is_file()
+
+
+def test_zip_symlink_member_is_refused(tmp_path):
+    import stat
+    import zipfile
+
+    archive = tmp_path / "l.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("PF-dataset/link")
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd")
+    root, go = _dl(tmp_path, archive, allow_unverified=True)
+    with pytest.raises(DatasetError, match="link or special file"):
+        go()
+
+
+def test_convert_refuses_empty_and_mixed_width_files(tmp_path, capsys):
+    import torch
+
+    from sd4match.convert import main as convert_cli
+
+    torch.save({}, tmp_path / "empty.pt")
+    assert convert_cli(["--variant", "single", "--input", str(tmp_path / "empty.pt"), "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert "non-empty mapping" in capsys.readouterr().err
+    torch.save({"car": torch.randn(1, 77, 16), "dog": torch.randn(1, 77, 32)}, tmp_path / "mixed.pt")
+    assert convert_cli(["--variant", "class", "--input", str(tmp_path / "mixed.pt"), "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert "different widths" in capsys.readouterr().err
+    torch.save({"dataset": torch.full((1, 77, 16), float("nan"))}, tmp_path / "nan.pt")
+    assert convert_cli(["--variant", "single", "--input", str(tmp_path / "nan.pt"), "--out", str(tmp_path / "o.safetensors")]) == 2
+    assert "NaN" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_matcher_refuses_a_fifo_image(tmp_path):
+    from benchmarks.matchers.base import MatcherError
+    from sd4match.dift import DiftMatcher
+
+    os.mkfifo(tmp_path / "img.png")
+    with pytest.raises(MatcherError, match="not a regular file"):
+        DiftMatcher.from_settings("tiny")._decode(tmp_path / "img.png")

@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, PredictionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"error: {getattr(exc, 'filename', None) or out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
+        return 2
     print(summary(results))
     print(f"wrote {out / 'results.csv'} ({len(results)} rows) and {out / 'breakdowns.csv'} ({len(breakdowns)} rows)")
     return 0

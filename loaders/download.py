@@ -93,6 +93,20 @@ def _target(dest: Path, pure: PurePosixPath, archive: Path) -> Path:
     return path
 
 
+def _member(dest: Path, name: str, is_dir: bool, open_data, archive: Path, budget: _Budget) -> None:
+    """Unpack one checked member: a folder, or a regular file whose bytes count against ``budget``."""
+    path = _target(dest, _safe_member(name, archive), archive)
+    if is_dir:
+        path.mkdir(parents=True, exist_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    src = open_data()
+    if src is None:  # pragma: no cover - a regular member always has data
+        raise DatasetError(f"{archive}: member {name[:80]!r} has no data")
+    with src:
+        budget.copy(src, path)
+
+
 def extract(archive: Path, dest: Path, max_bytes: int) -> None:
     """Unpack ``archive`` (zip or tar, any compression) into ``dest``, member by member, safely."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -100,33 +114,18 @@ def extract(archive: Path, dest: Path, max_bytes: int) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                pure = _safe_member(info.filename, archive)
+                _safe_member(info.filename, archive)
                 kind = stat.S_IFMT(info.external_attr >> 16)  # 0: no Unix type recorded (a plain file)
                 if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                     raise DatasetError(f"{archive}: member {info.filename[:80]!r} is a link or special file")
-                path = _target(dest, pure, archive)
-                if info.is_dir():
-                    path.mkdir(parents=True, exist_ok=True)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src:
-                    budget.copy(src, path)
+                _member(dest, info.filename, info.is_dir(), lambda info=info: zf.open(info), archive, budget)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             for member in tf:
-                pure = _safe_member(member.name, archive)
+                _safe_member(member.name, archive)
                 if not (member.isfile() or member.isdir()):
                     raise DatasetError(f"{archive}: member {member.name[:80]!r} is a link, device or FIFO; refusing")
-                path = _target(dest, pure, archive)
-                if member.isdir():
-                    path.mkdir(parents=True, exist_ok=True)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                if src is None:  # pragma: no cover - a regular member always has data
-                    raise DatasetError(f"{archive}: member {member.name[:80]!r} has no data")
-                with src:
-                    budget.copy(src, path)
+                _member(dest, member.name, member.isdir(), lambda member=member: tf.extractfile(member), archive, budget)
     else:
         raise DatasetError(f"{archive}: downloaded file is neither a zip nor a tar archive")
 

@@ -105,9 +105,9 @@ def content_hash(tensors: dict[str, torch.Tensor], prompt_format: int = PROMPT_F
     """Hash of the tensors' names, dtypes, shapes and values (and the prompt format), not of the file's
     bytes: safetensors may order its metadata differently each time the same prompt is saved, and
     noise seeds and cache keys must not change with that."""
+    from benchmarks.cachefile import digest
+
     h = hashlib.sha256(f"prompt_format={prompt_format}".encode())
     for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
-        h.update(f"|{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(f"|{name}|{digest(tensors[name])}".encode())
     return h.hexdigest()[:16]

@@ -224,13 +224,6 @@ class DenseMatcher(Matcher):
         self._readouts = tuple(names)
         if isinstance(cfg.batch_size, str) or int(cfg.batch_size) < 0 or cfg.batch_size is True:
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {cfg.batch_size!r}")
-        if cfg.image_size < 2:
-            raise ConfigError(f"image_size must be >= 2, got {cfg.image_size}")
-        if not (cfg.temperature > 0 and cfg.kernel_sigma > 0 and cfg.window_radius >= 0 and cfg.geoaware_window >= 0
-                and cfg.geoaware_beta > 0):
-            raise ConfigError("temperature, kernel_sigma and geoaware_beta must be > 0, window_radius and "
-                              f"geoaware_window >= 0; got {cfg.temperature}, {cfg.kernel_sigma}, {cfg.geoaware_beta}, "
-                              f"{cfg.window_radius}, {cfg.geoaware_window}")
         if cfg.resize not in RESIZE:
             raise ConfigError(f"resize must be one of {', '.join(RESIZE)}, got {cfg.resize!r}")
         self.device = resolve_device(cfg.device)

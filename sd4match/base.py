@@ -97,9 +97,7 @@ class SDMatcherBase(DenseMatcher):
 
     def __init__(self, config=None):
         super().__init__(config)
-        cfg = self.config
-        if cfg.ensemble < 1 or cfg.t < 0:
-            raise ConfigError(f"ensemble must be >= 1 and t >= 0, got ensemble={cfg.ensemble}, t={cfg.t}")
+        cfg = self.config  # ranges of t, ensemble and up_block are checked by SDConfig itself
         if cfg.attention not in ATTENTION:
             raise ConfigError(f"attention must be one of {', '.join(ATTENTION)}, got {cfg.attention!r}")
         if cfg.posterior not in POSTERIOR:

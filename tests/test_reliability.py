@@ -645,3 +645,16 @@ def test_matcher_refuses_a_fifo_image(tmp_path):
     os.mkfifo(tmp_path / "img.png")
     with pytest.raises(MatcherError, match="not a regular file"):
         DiftMatcher.from_settings("tiny")._decode(tmp_path / "img.png")
+
+
+def test_atomic_outputs_respect_the_umask(tmp_path):
+    import stat
+
+    from loaders.atomic import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.csv", "x\n")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.csv").stat().st_mode) == 0o644

@@ -5,7 +5,8 @@ CLI::
     python -m benchmarks.evaluate PREDICTIONS.parquet --dataset D --data-root DIR \
         [--split test] [--protocol P ...] [--out DIR] [--matcher NAME]
 
-writes ``results.csv`` and ``breakdowns.csv`` (to ``--out``, default the predictions' folder).
+writes ``results.csv`` and ``breakdowns.csv`` to ``--out`` (default: ``evaluate/`` beside the
+predictions); existing results there are replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -133,9 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
     p.add_argument("--protocol", action="append", help=f"preset name, repeatable (default: all of {', '.join(PRESETS)})")
     p.add_argument("--matcher", default=None, help="matcher name for the rows (default: from run.json beside the file)")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the predictions' folder)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: an 'evaluate' folder beside the predictions)")
+    p.add_argument("--overwrite", action="store_true", help="replace results.csv / breakdowns.csv already in --out")
     args = p.parse_args(argv)
-    out = args.out or args.predictions.parent
+    out = args.out or args.predictions.parent / "evaluate"
+    if not args.overwrite and any((out / f).exists() for f in ("results.csv", "breakdowns.csv")):
+        print(f"error: {out} already holds results.csv; pass --overwrite to replace them or choose another --out "
+              "(a run's own results are never replaced silently)", file=sys.stderr)
+        return 2
     matcher = args.matcher
     precision = "unknown"
     run_json = args.predictions.parent / "run.json"

@@ -179,3 +179,18 @@ def test_batches_pipelined_in_order():
     assert log == [("submit", "a", "data-a"), ("submit", "b", "data-b"), ("finish", "a"),
                    ("submit", "c", "data-c"), ("finish", "b"), ("finish", "c")]
     assert list(pipelined(Recorder(), [])) == []
+
+
+def test_evaluate_never_replaces_a_runs_results_silently(spair_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root),
+                    "--out", str(out), "--quiet"]) == 0
+    before = (out / "results.csv").read_text(), (out / "breakdowns.csv").read_text()
+    args = [str(out / "predictions.parquet"), "--dataset", "spair-71k", "--data-root", str(spair_root), "--protocol", "sd4match"]
+    assert evaluate_cli(args) == 0  # default: RUN/evaluate/
+    assert (out / "evaluate" / "results.csv").is_file()
+    assert evaluate_cli(args + ["--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert ((out / "results.csv").read_text(), (out / "breakdowns.csv").read_text()) == before
+    assert evaluate_cli(args + ["--out", str(out), "--overwrite"]) == 0
+    assert set(pd.read_csv(out / "results.csv").protocol) == {"sd4match"}

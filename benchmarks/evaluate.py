@@ -27,7 +27,7 @@ RESULT_COLUMNS = [
     "matcher", "dataset", "split", "precision", "protocol", "threshold", "frame", "aggregate", "readout",
     "direction", "category", "alpha", "pck", "n_pairs", "n_kps",
 ]
-BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:10] + ["breakdown", "level", "alpha", "pck", "n_pairs", "n_kps"]
+BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:10] + ["category", "breakdown", "level", "alpha", "pck", "n_pairs", "n_kps"]
 
 
 def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
@@ -81,17 +81,22 @@ def evaluate(
                     for li, level in enumerate(levels):
                         sel = valid & (lv == level)
                         for a, alpha in enumerate(proto.alphas):
-                            brows.append(_row(meta, proto, readout, breakdown=col, level=int(level), alpha=alpha,
-                                              pck=float(res[a, li]), n_pairs=int(sel.sum()), n_kps=int(counts[sel].sum())))
+                            brows.append(_row(meta, proto, readout, category="all", breakdown=col, level=int(level),
+                                              alpha=alpha, pck=float(res[a, li]), n_pairs=int(sel.sum()),
+                                              n_kps=int(counts[sel].sum())))
             if proto.aggregate == "point":
-                ids, id_idx = np.unique(pairs.kps_ids, return_inverse=True)
-                n_id = np.bincount(id_idx, minlength=len(ids))
+                # keypoint ids name a part *within* a category (SPair-71k, PF-Willow): one row per (category, id)
+                kp_cat = np.repeat(cat_idx, counts)
+                combo = kp_cat.astype(np.int64) * (int(pairs.kps_ids.max(initial=0)) + 1) + pairs.kps_ids
+                keys, key_idx = np.unique(combo, return_inverse=True)
+                n_key = np.bincount(key_idx, minlength=len(keys))
+                width = int(pairs.kps_ids.max(initial=0)) + 1
                 for a, alpha in enumerate(proto.alphas):
-                    correct_id = np.bincount(id_idx, hit[a].astype(np.int64), minlength=len(ids))
-                    for i, kid in enumerate(ids):
-                        brows.append(_row(meta, proto, readout, breakdown="kps_id", level=int(kid), alpha=alpha,
-                                          pck=float(correct_id[i] / n_id[i]),
-                                          n_pairs=int(n_id[i]), n_kps=int(n_id[i])))
+                    correct_key = np.bincount(key_idx, hit[a].astype(np.int64), minlength=len(keys))
+                    for i, key in enumerate(keys):
+                        brows.append(_row(meta, proto, readout, category=str(cats[key // width]), breakdown="kps_id",
+                                          level=int(key % width), alpha=alpha, pck=float(correct_key[i] / n_key[i]),
+                                          n_pairs=int(n_key[i]), n_kps=int(n_key[i])))
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     breakdowns = pd.DataFrame(brows, columns=BREAKDOWN_RESULT_COLUMNS)
     return results, breakdowns

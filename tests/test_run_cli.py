@@ -194,3 +194,21 @@ def test_evaluate_never_replaces_a_runs_results_silently(spair_root, tmp_path, c
     assert ((out / "results.csv").read_text(), (out / "breakdowns.csv").read_text()) == before
     assert evaluate_cli(args + ["--out", str(out), "--overwrite"]) == 0
     assert set(pd.read_csv(out / "results.csv").protocol) == {"sd4match"}
+
+
+def test_keypoint_breakdown_is_per_category(tmp_path):
+    from benchmarks.evaluate import evaluate
+    from benchmarks.protocol import protocols_for
+
+    root = tmp_path / "willow"
+    write_pfwillow_root(root, subsets=("car(G)", "duck(S)"), n_images=3)
+    table = loaders.load("pf-willow", root, "test")
+    src = np.concatenate([np.asarray(r, dtype=float).reshape(-1, 2) for r in table.column("trg_kps").to_pylist()])
+    pred = src.copy()
+    cats = np.repeat(np.array(table.column("category").to_pylist()), [len(k) for k in table.column("trg_kps").to_pylist()])
+    pred[cats == "duck"] += 1000.0  # every duck keypoint wrong, every car keypoint right
+    _, br = evaluate(table, {"r": pred}, protocols_for("pf-willow", ["dift"]), {"matcher": "m", "dataset": "pf-willow", "split": "test"})
+    kp = br[(br["breakdown"] == "kps_id") & (br["aggregate"] == "point") & (br["alpha"] == 0.1)]
+    assert set(kp.category) == {"car", "duck"}
+    assert (kp[kp.category == "car"].pck == 1.0).all() and (kp[kp.category == "duck"].pck == 0.0).all()
+    assert len(kp) == 2 * 10  # ten ids in each category, never pooled

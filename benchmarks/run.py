@@ -321,6 +321,12 @@ def run(args) -> Path:
     try:
         predict_shards(matcher, table, todo, batch, Path(args.data_root), shard_path,
                        progress=not args.quiet and rank == 0, desc=f"{args.matcher} {args.dataset}")
+    except BaseException:
+        if world == 1 and not any(partial.glob("shard-*.parquet")):  # nothing to resume: leave no empty folder
+            import shutil
+
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     finally:
         matcher.close()
     t_predict = time.perf_counter() - t1

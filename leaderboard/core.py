@@ -91,6 +91,17 @@ def safe_name(name: str, where: str) -> str:
     return str(name)
 
 
+def _is_run(d) -> bool:
+    """True for a run folder; anything else (a failed run's leftovers, a stray file) is skipped with a warning."""
+    import warnings
+
+    d = Path(d)
+    if (d / "results.csv").is_file():
+        return True
+    warnings.warn(f"{d}: not a run folder (no results.csv); skipped", stacklevel=3)
+    return False
+
+
 def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None) -> pd.DataFrame:
     seen: dict[Path, str] = {}
     for d in run_dirs:
@@ -98,7 +109,11 @@ def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None) ->
         if key in seen:
             raise LeaderboardError(f"{d}: run folder given twice (also as {seen[key]})")
         seen[key] = str(d)
-    frames = [read_run(d) for d in run_dirs]
+    runs = [d for d in run_dirs if _is_run(d)]
+    if not runs:
+        raise LeaderboardError(f"none of {', '.join(map(str, run_dirs[:5]))} is a folder written by benchmarks.run "
+                               "(results.csv and run.json)")
+    frames = [read_run(d) for d in runs]
     frames.append(read_reported() if reported is None else reported)
     cols = KEY + ["dataset", "category", "alpha", "pck", "note"]
     return pd.concat([f[cols] for f in frames], ignore_index=True)

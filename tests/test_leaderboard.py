@@ -61,7 +61,7 @@ def test_rebuild_is_byte_identical(runs, tmp_path):
 
 def test_bad_run_dir(tmp_path, capsys):
     assert lb_cli(["build", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
-    assert "results.csv: missing" in capsys.readouterr().err
+    assert "is a folder written by benchmarks.run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -658,3 +658,31 @@ def test_atomic_outputs_respect_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.csv").stat().st_mode) == 0o644
+
+
+def test_failed_run_leaves_no_empty_folder_and_leaderboard_skips_strays(tmp_path, monkeypatch):
+    import warnings
+
+    from benchmarks.run import main as run_cli
+    from leaderboard.core import LeaderboardError, collect
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 6}, seed=5)
+
+    def boom(*a, **k):
+        raise Crash
+
+    monkeypatch.setattr("benchmarks.run.predict_shards", boom)
+    with pytest.raises(Crash):
+        run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--out",
+                 str(tmp_path / "runs" / "failed"), "--quiet"])
+    monkeypatch.undo()
+    assert not list((tmp_path / "runs" / "failed").glob(".partial-*"))
+    good = _identity_run(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        board = collect([tmp_path / "runs" / "failed", good])
+    assert any("not a run folder" in str(w.message) for w in caught)
+    assert set(board[board["kind"] == "measured"]["run"].str.startswith("run")) == {True}
+    with pytest.raises(LeaderboardError, match="is a folder written by benchmarks.run"):
+        collect([tmp_path / "runs" / "failed"])

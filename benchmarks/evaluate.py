@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .pck import PairArrays, aggregate, hits, per_pair
-from .protocol import Protocol, protocols_for
+from .protocol import Protocol, parse_alphas, protocols_for
 
 RESULT_COLUMNS = [
     "matcher", "dataset", "split", "precision", "protocol", "threshold", "frame", "aggregate", "readout",
@@ -110,7 +110,8 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 
 def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, protocol_names: list[str] | None,
-                  matcher: str, layout: str | None = None, precision: str = "unknown") -> tuple[pd.DataFrame, pd.DataFrame]:
+                  matcher: str, layout: str | None = None, precision: str = "unknown",
+                  alphas: tuple[float, ...] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     import loaders
 
     from . import predictions as P
@@ -118,7 +119,7 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
     table = loaders.load(dataset, data_root, split, layout=layout)
     pred = P.read(predictions)
     rows, xy = P.align(pred, table, source=str(predictions))
-    protos = protocols_for(dataset, protocol_names)
+    protos = protocols_for(dataset, protocol_names, alphas)
     return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision})
 
 
@@ -138,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test")
     p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
     p.add_argument("--protocol", action="append", help=f"preset name, repeatable (default: all of {', '.join(PRESETS)})")
+    p.add_argument("--alphas", default=None, help="PCK thresholds, e.g. 0.01,0.05,0.1,0.15 (default 0.05,0.1,0.15)")
     p.add_argument("--matcher", default=None, help="matcher name for the rows (default: from run.json beside the file)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: an 'evaluate' folder beside the predictions)")
@@ -161,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
     try:
         results, breakdowns = evaluate_file(args.predictions, args.dataset, args.data_root, args.split,
-                                            args.protocol, matcher or "unknown", args.layout, precision)
+                                            args.protocol, matcher or "unknown", args.layout, precision,
+                                            parse_alphas(args.alphas) if args.alphas else None)
         write_text(out / "results.csv", to_csv_text(results))
         write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
     except (DatasetError, PredictionError, ValueError) as exc:

@@ -96,8 +96,24 @@ PRESETS = {
 }
 
 
-def protocols_for(dataset: str, names: list[str] | None = None) -> list[Protocol]:
-    """Expand preset names (default: all) into the protocols for ``dataset``."""
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """``"0.01,0.05,0.1"`` -> sorted distinct alphas in (0, 1]; a one-line ValueError otherwise."""
+    import math
+
+    try:
+        values = sorted({float(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--alphas takes comma-separated numbers, got {text!r}") from None
+    if not values or any(not math.isfinite(a) or not 0 < a <= 1 for a in values):
+        raise ValueError(f"--alphas must be numbers in (0, 1], got {text!r}")
+    return tuple(values)
+
+
+def protocols_for(dataset: str, names: list[str] | None = None, alphas: tuple[float, ...] | None = None) -> list[Protocol]:
+    """Expand preset names (default: all) into the protocols for ``dataset``; ``alphas`` replaces the
+    presets' thresholds (0.05, 0.1, 0.15)."""
+    import dataclasses
+
     if dataset not in DATASET_THRESHOLD:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_THRESHOLD)}")
     names = list(PRESETS) if not names else names
@@ -106,4 +122,6 @@ def protocols_for(dataset: str, names: list[str] | None = None) -> list[Protocol
         if n not in PRESETS:
             raise ValueError(f"unknown protocol {n!r}; valid: {', '.join(PRESETS)}")
         out.extend(PRESETS[n][0](dataset))
+    if alphas:
+        out = [dataclasses.replace(p, alphas=tuple(alphas)) for p in out]
     return out

@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs of the split")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<matcher>-<dataset>-<split>-<hash>)")
     p.add_argument("--protocol", action="append", default=None, help="protocol preset, repeatable (default: all)")
+    p.add_argument("--alphas", default=None, help="PCK thresholds, e.g. 0.01,0.05,0.1,0.15 (default 0.05,0.1,0.15)")
     p.add_argument("--model-id", dest="model_id", default=None, help="hub id or local folder of the model")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
     p.add_argument("--dtype", default=None, help="auto (default: float32 on CPU, the authors' precision on GPU), float32, float16 or bfloat16")
@@ -271,12 +272,13 @@ def run(args) -> Path:
     from . import predictions as P
     from . import registry
     from .evaluate import evaluate, summary, to_csv_text
-    from .protocol import protocols_for
+    from .protocol import parse_alphas, protocols_for
 
     if not args.matcher or not args.dataset or not args.data_root:
         raise RunError("--matcher, --dataset and --data-root are required (or --list-matchers)")
     cls = registry.load_class(args.matcher)
-    protocols = protocols_for(args.dataset, args.protocol) if args.dataset in loaders.READERS else None
+    alphas = parse_alphas(args.alphas) if args.alphas else None
+    protocols = protocols_for(args.dataset, args.protocol, alphas) if args.dataset in loaders.READERS else None
     loaders.api.check_names(args.dataset, args.split, args.layout)
     if args.limit is not None and args.limit <= 0:
         raise RunError(f"--limit must be a positive number of pairs, got {args.limit}")

@@ -212,3 +212,17 @@ def test_keypoint_breakdown_is_per_category(tmp_path):
     assert set(kp.category) == {"car", "duck"}
     assert (kp[kp.category == "car"].pck == 1.0).all() and (kp[kp.category == "duck"].pck == 0.0).all()
     assert len(kp) == 2 * 10  # ten ids in each category, never pooled
+
+
+def test_alphas_option(spair_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out", str(out),
+                    "--quiet", "--alphas", "0.15,0.01,0.05,0.1"]) == 0
+    res = pd.read_csv(out / "results.csv")
+    assert sorted(res.alpha.unique()) == [0.01, 0.05, 0.1, 0.15]
+    assert evaluate_cli([str(out / "predictions.parquet"), "--dataset", "spair-71k", "--data-root", str(spair_root),
+                         "--alphas", "0.01", "--out", str(tmp_path / "e")]) == 0
+    assert set(pd.read_csv(tmp_path / "e" / "results.csv").alpha) == {0.01}
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out",
+                    str(tmp_path / "bad"), "--alphas", "0,2"]) == 2
+    assert "--alphas must be numbers in (0, 1]" in capsys.readouterr().err

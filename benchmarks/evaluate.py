@@ -25,14 +25,15 @@ from .protocol import Protocol, parse_alphas, protocols_for
 
 RESULT_COLUMNS = [
     "matcher", "dataset", "split", "precision", "protocol", "threshold", "frame", "aggregate", "readout",
-    "direction", "category", "alpha", "pck", "n_pairs", "n_kps",
+    "direction", "category", "alpha", "pck", "n_pairs", "n_kps", "split_pairs", "subset",
 ]
-BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:10] + ["category", "breakdown", "level", "alpha", "pck", "n_pairs", "n_kps"]
+BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:10] + ["category", "breakdown", "level", "alpha", "pck", "n_pairs", "n_kps",
+                                                   "split_pairs", "subset"]
 
 
 def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
     return {
-        "precision": "n/a", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
+        "precision": "n/a", "split_pairs": None, "subset": "all", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
         "aggregate": proto.aggregate, "readout": readout, "direction": proto.direction, **kw,
     }
 
@@ -120,7 +121,9 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
     pred = P.read(predictions)
     rows, xy = P.align(pred, table, source=str(predictions))
     protos = protocols_for(dataset, protocol_names, alphas)
-    return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision})
+    subset = "all" if rows.num_rows == table.num_rows else f"{rows.num_rows} predicted"
+    return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision,
+                                       "split_pairs": table.num_rows, "subset": subset})
 
 
 def main(argv: list[str] | None = None) -> int:

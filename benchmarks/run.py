@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, help="dataset root folder")
     p.add_argument("--split", default="test")
     p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
-    p.add_argument("--limit", type=int, default=None, help="only the first N pairs of the split")
+    p.add_argument("--limit", type=int, default=None, help="only the first N pairs of the split (a partial result)")
+    p.add_argument("--sample", type=int, default=None,
+                   help="N pairs drawn per category in proportion to the split, seeded by --seed (a partial result)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<matcher>-<dataset>-<split>-<hash>)")
     p.add_argument("--protocol", action="append", default=None, help="protocol preset, repeatable (default: all)")
     p.add_argument("--alphas", default=None, help="PCK thresholds, e.g. 0.01,0.05,0.1,0.15 (default 0.05,0.1,0.15)")
@@ -143,6 +145,33 @@ def pipelined(matcher, batches):
         pending = ((item, pairs), finish)
     if pending is not None:
         yield pending[0], pending[1]()
+
+
+def stratified_sample(categories: list[str], n: int, seed: int) -> list[int]:
+    """Row indices of ``n`` pairs drawn without replacement, each category getting its share of the
+    split (largest remainders; every category present at least once when ``n`` allows), seeded;
+    returned in table order."""
+    import numpy as np
+
+    cats = sorted(set(categories))
+    rows = {c: [i for i, x in enumerate(categories) if x == c] for c in cats}
+    n = min(n, len(categories))
+    quota = {c: n * len(rows[c]) / len(categories) for c in cats}
+    take = {c: int(quota[c]) for c in cats}
+    if n >= len(cats):
+        for c in cats:
+            take[c] = max(take[c], 1)
+    for c in sorted(cats, key=lambda c: (-(quota[c] - int(quota[c])), c)):
+        if sum(take.values()) >= n:
+            break
+        if take[c] < len(rows[c]):
+            take[c] += 1
+    while sum(take.values()) > n:  # the at-least-one rule overshot: trim the largest shares
+        c = max(cats, key=lambda c: (take[c], c))
+        take[c] -= 1
+    rng = np.random.default_rng(seed)
+    picked = [i for c in cats for i in rng.choice(rows[c], size=take[c], replace=False).tolist()]
+    return sorted(picked)
 
 
 def table_hash(table: pa.Table) -> str:
@@ -292,12 +321,23 @@ def run(args) -> Path:
     if fingerprints:  # the weights behind the model names
         keyed["weights"] = fingerprints
     chash = config_hash(args.matcher, keyed)
-    out = args.out or Path("runs") / f"{args.matcher}-{args.dataset}-{args.split}-{chash}"
+    if args.limit is not None and args.sample is not None:
+        raise RunError("--limit and --sample are alternatives; give one")
+    if args.sample is not None and args.sample <= 0:
+        raise RunError(f"--sample must be a positive number of pairs, got {args.sample}")
+    sample_seed = int(getattr(matcher.config, "seed", 0) or 0)
+    subset = ("all" if args.limit is None and args.sample is None else
+              f"first {args.limit}" if args.limit is not None else f"sample {args.sample} (seed {sample_seed})")
+    tag = "" if subset == "all" else (f"-limit{args.limit}" if args.limit is not None else f"-sample{args.sample}s{sample_seed}")
+    out = args.out or Path("runs") / f"{args.matcher}-{args.dataset}-{args.split}-{chash}{tag}"
 
     t0 = time.perf_counter()
     table = loaders.load(args.dataset, args.data_root, args.split, layout=args.layout)
+    split_pairs = table.num_rows
     if args.limit is not None:
         table = table.slice(0, args.limit)
+    elif args.sample is not None:
+        table = table.take(stratified_sample(table.column("category").to_pylist(), args.sample, sample_seed))
     t_load = time.perf_counter() - t0
 
     if out.exists() and not out.is_dir():
@@ -347,7 +387,8 @@ def run(args) -> Path:
     rows, xy = P.align(pred, table, source=str(out / "predictions.parquet"))
     t2 = time.perf_counter()
     precision = matcher.describe().get("precision", "n/a")
-    meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split, "precision": precision}
+    meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split, "precision": precision,
+            "split_pairs": split_pairs, "subset": subset}
     results, breakdowns = evaluate(rows, xy, protocols, meta)
     t_eval = time.perf_counter() - t2
 
@@ -364,6 +405,10 @@ def run(args) -> Path:
         "layout": args.layout,
         "data_root": str(Path(args.data_root).resolve()),
         "limit": args.limit,
+        "sample": args.sample,
+        "subset": subset,
+        "split_pairs": split_pairs,
+        "complete": subset == "all",
         "n_pairs": n,
         "readouts": list(matcher.readouts),
         "protocols": [p.to_dict() for p in protocols],

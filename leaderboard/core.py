@@ -75,6 +75,17 @@ def read_run(run_dir: str | Path) -> pd.DataFrame:
             raise LeaderboardError(f"{meta}: expected a JSON object, got {type(record).__name__}")
         chash = str(record.get("config_hash", ""))
     df = df.rename(columns={"matcher": "method"})
+    if "subset" not in df.columns:  # results written before coverage was recorded
+        df["subset"] = "unknown"
+    if "split_pairs" not in df.columns:
+        df["split_pairs"] = float("nan")
+    partial = df["subset"].astype(str) != "all"
+    # a partial run can never pass for a full one: its name carries what it covers
+    if partial.any():
+        total = ["?" if pd.isna(v) else str(int(v)) for v in df.loc[partial, "split_pairs"]]
+        df.loc[partial, "method"] = [f"{m} [coverage not recorded]" if sub == "unknown" else f"{m} [partial: {sub} of {t} pairs]"
+                                     for m, sub, t in zip(df.loc[partial, "method"].astype(str),
+                                                          df.loc[partial, "subset"].astype(str), total)]
     if "precision" not in df.columns:  # results written before precision was recorded
         df["precision"] = "unknown"
     df["precision"] = df["precision"].fillna("unknown").astype(str)
@@ -115,7 +126,11 @@ def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None) ->
                                "(results.csv and run.json)")
     frames = [read_run(d) for d in runs]
     frames.append(read_reported() if reported is None else reported)
-    cols = KEY + ["dataset", "category", "alpha", "pck", "note"]
+    cols = KEY + ["dataset", "category", "alpha", "pck", "note", "n_pairs", "split_pairs"]
+    for f in frames:
+        for c in ("n_pairs", "split_pairs"):
+            if c not in f.columns:
+                f[c] = float("nan")
     return pd.concat([f[cols] for f in frames], ignore_index=True)
 
 
@@ -137,6 +152,11 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     table = table[order].reset_index()
     notes = d.groupby(KEY, sort=True)["note"].first().reset_index()
     table = table.merge(notes, on=KEY, how="left")
+    cover = d[d["category"] == "all"].groupby(KEY, sort=True)[["n_pairs", "split_pairs"]].first().reset_index()
+    cover["pairs"] = [("published" if pd.isna(n) else f"{int(n)}/{'?' if pd.isna(t) else int(t)}")
+                      for n, t in zip(cover["n_pairs"], cover["split_pairs"])]
+    table = table.merge(cover[KEY + ["pairs"]], on=KEY, how="left")
+    table["pairs"] = table["pairs"].fillna("published")
     table["kind"] = pd.Categorical(table["kind"], ["measured", "reported"], ordered=True)
     table = table.sort_values(KEY, kind="mergesort").reset_index(drop=True)
     table["kind"] = table["kind"].astype(str)
@@ -212,7 +232,7 @@ def plots(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
         for i, (key, g) in enumerate(groups):
             r = dict(zip(KEY, key))
             vals = g.set_index("category")["pck"].reindex(cats) * 100
-            ax.bar([j + i * width for j in range(len(cats))], vals.fillna(0), width,
+            ax.bar([j + i * width for j in range(len(cats))], vals, width,  # a missing category: no bar, not 0
                    label=_label(r), hatch="//" if r["kind"] == "reported" else None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
         ax.set_xticklabels(cats, rotation=45, ha="right")

@@ -226,3 +226,37 @@ def test_alphas_option(spair_root, tmp_path, capsys):
     assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out",
                     str(tmp_path / "bad"), "--alphas", "0,2"]) == 2
     assert "--alphas must be numbers in (0, 1]" in capsys.readouterr().err
+
+
+def test_partial_runs_are_marked_everywhere(tmp_path):
+    from benchmarks.run import stratified_sample
+    from leaderboard.core import build
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 54}, seed=3)
+    runs = tmp_path / "runs"
+    base = ["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--quiet"]
+    assert run_cli(base + ["--out", str(runs / "full")]) == 0
+    assert run_cli(base + ["--out", str(runs / "first"), "--limit", "5"]) == 0
+    assert run_cli(base + ["--out", str(runs / "sampled"), "--sample", "20", "--seed", "3"]) == 0
+    full, first, sampled = (pd.read_csv(runs / n / "results.csv") for n in ("full", "first", "sampled"))
+    assert set(full.subset) == {"all"} and set(first.subset) == {"first 5"} and set(sampled.subset) == {"sample 20 (seed 3)"}
+    assert set(first.split_pairs) == {54}
+    assert json.loads((runs / "sampled" / "run.json").read_text())["complete"] is False
+    # stratified: every category keeps its share of the split
+    table = loaders.load("spair-71k", root, "test")
+    cats = table.column("category").to_pylist()
+    idx = stratified_sample(cats, 20, 3)
+    assert len(idx) == 20 == len(set(idx)) and idx == sorted(idx) and stratified_sample(cats, 20, 3) == idx
+    picked = pd.Series([cats[i] for i in idx]).value_counts()
+    assert picked.max() - picked.min() <= 1 and len(picked) == 18
+    written = build([runs / "full", runs / "first", runs / "sampled"], tmp_path / "lb")
+    md = (tmp_path / "lb" / "spair-71k.md").read_text()
+    assert "identity [partial: first 5 of 54 pairs]" in md and "identity [partial: sample 20 (seed 3) of 54 pairs]" in md
+    csv_text = (tmp_path / "lb" / "spair-71k.csv").read_text()
+    assert "5/54" in csv_text and "54/54" in csv_text
+    # categories the first 5 pairs never reach are blank, not 0
+    lb = pd.read_csv(tmp_path / "lb" / "spair-71k.csv")
+    row = lb[lb.method.str.contains("first 5")].iloc[0]
+    assert row[[c for c in lb.columns if c.startswith("tvmonitor@")]].isna().all()
+    assert len(written) >= 2

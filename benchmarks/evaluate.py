@@ -25,15 +25,44 @@ from .protocol import Protocol, parse_alphas, protocols_for
 
 RESULT_COLUMNS = [
     "matcher", "dataset", "split", "precision", "protocol", "threshold", "frame", "aggregate", "readout",
-    "direction", "category", "alpha", "pck", "n_pairs", "n_kps", "split_pairs", "subset",
+    "direction", "category", "alpha", "pck", "ci_low", "ci_high", "n_pairs", "n_kps", "split_pairs", "subset",
 ]
+#: the bootstrap behind ``ci_low`` / ``ci_high``: pairs resampled with replacement, percentile interval
+BOOTSTRAP = {"resamples": 1000, "seed": 0, "level": 0.95}
 BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:10] + ["category", "breakdown", "level", "alpha", "pck", "n_pairs", "n_kps",
                                                    "split_pairs", "subset"]
+PER_PAIR_COLUMNS = ["pair_id", "category", "readout", "protocol", "threshold", "frame", "alpha", "fraction_correct", "n_kps"]
+
+
+def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
+    """``(resamples, n)`` counts: how often each pair is drawn in each resample (with replacement)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n)) + (np.arange(resamples) * n)[:, None]
+    return np.bincount(idx.ravel(), minlength=resamples * n).reshape(resamples, n).astype(np.float32)
+
+
+def bootstrap_interval(W: np.ndarray, correct: np.ndarray, counts: np.ndarray, how: str, cat_idx: np.ndarray,
+                       level: float) -> np.ndarray:
+    """Percentile interval ``(A, 2)`` of the overall PCK under resampled pairs ``W`` (B, P)."""
+    frac = correct / counts  # (A, P)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if how == "image":
+            est = W @ frac.T / W.sum(1, keepdims=True)
+        elif how == "point":
+            est = (W @ correct.T) / (W @ counts)[:, None]
+        else:  # category: mean over the categories drawn of their per-image PCK
+            per = []
+            for c in range(int(cat_idx.max()) + 1):
+                m = cat_idx == c
+                per.append((W[:, m] @ frac[:, m].T) / W[:, m].sum(1, keepdims=True))
+            est = np.nanmean(np.stack(per), axis=0)
+    lo, hi = np.nanpercentile(est, [(1 - level) / 2 * 100, (1 + level) / 2 * 100], axis=0)
+    return np.stack([lo, hi], axis=1)
 
 
 def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
     return {
-        "precision": "n/a", "split_pairs": None, "subset": "all", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
+        "precision": "no-model", "split_pairs": None, "subset": "all", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
         "aggregate": proto.aggregate, "readout": readout, "direction": proto.direction, **kw,
     }
 
@@ -54,6 +83,7 @@ def evaluate(
     counts = np.diff(pairs.offsets)
     n_kps_cat = np.bincount(cat_idx, counts, minlength=len(cats)).astype(int)
     all_idx = np.zeros(len(pairs.pair_id), dtype=np.int64)
+    W = bootstrap_weights(len(pairs.pair_id), BOOTSTRAP["resamples"], BOOTSTRAP["seed"]) if len(pairs.pair_id) else None
     rows, brows = [], []
     cache: dict[tuple, tuple] = {}
     for proto in protocols:
@@ -66,8 +96,11 @@ def evaluate(
             overall = aggregate(correct, counts, all_idx, 1, proto.aggregate, pairs.category)[:, 0]
             by_cat = aggregate(correct, counts, cat_idx, len(cats),
                                "image" if proto.aggregate == "category" else proto.aggregate)
+            ci = (bootstrap_interval(W, correct, counts, proto.aggregate, cat_idx, BOOTSTRAP["level"]) if W is not None
+                  else np.full((len(proto.alphas), 2), np.nan))
             for a, alpha in enumerate(proto.alphas):
                 rows.append(_row(meta, proto, readout, category="all", alpha=alpha, pck=float(overall[a]),
+                                 ci_low=float(ci[a, 0]), ci_high=float(ci[a, 1]),
                                  n_pairs=len(pairs.pair_id), n_kps=int(counts.sum())))
                 for c, cat in enumerate(cats):
                     rows.append(_row(meta, proto, readout, category=str(cat), alpha=alpha,
@@ -101,6 +134,34 @@ def evaluate(
     results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     breakdowns = pd.DataFrame(brows, columns=BREAKDOWN_RESULT_COLUMNS)
     return results, breakdowns
+
+
+def per_pair_table(dataset_rows: pa.Table, preds: dict[str, np.ndarray], protocols: list[Protocol]) -> pa.Table:
+    """One row per (pair, readout, protocol, alpha): the fraction of the pair's keypoints correct.
+    Protocols that differ only in their aggregate share these rows (named by the first of them)."""
+    pairs = PairArrays.from_table(dataset_rows)
+    counts = np.diff(pairs.offsets)
+    cols: dict[str, list] = {c: [] for c in PER_PAIR_COLUMNS}
+    seen = set()
+    for proto in protocols:
+        for readout in sorted(preds):
+            key = (proto.threshold, proto.frame, proto.alphas, readout)
+            if key in seen:
+                continue
+            seen.add(key)
+            correct = per_pair(hits(pairs, preds[readout], proto), pairs.offsets)[0]
+            for a, alpha in enumerate(proto.alphas):
+                n = len(counts)
+                cols["pair_id"] += list(pairs.pair_id)
+                cols["category"] += list(pairs.category)
+                cols["readout"] += [readout] * n
+                cols["protocol"] += [proto.name] * n
+                cols["threshold"] += [proto.threshold] * n
+                cols["frame"] += [proto.frame] * n
+                cols["alpha"] += [float(alpha)] * n
+                cols["fraction_correct"] += (correct[a] / counts).tolist()
+                cols["n_kps"] += counts.tolist()
+    return pa.table({k: pa.array(v) for k, v in cols.items()})
 
 
 def to_csv_text(df: pd.DataFrame) -> str:

@@ -300,7 +300,7 @@ def run(args) -> Path:
 
     from . import predictions as P
     from . import registry
-    from .evaluate import evaluate, summary, to_csv_text
+    from .evaluate import BOOTSTRAP, evaluate, per_pair_table, summary, to_csv_text
     from .protocol import parse_alphas, protocols_for
 
     if not args.matcher or not args.dataset or not args.data_root:
@@ -386,13 +386,14 @@ def run(args) -> Path:
     pred = pred.sort_by([("readout", "ascending")]) if pred.num_rows else pred
     rows, xy = P.align(pred, table, source=str(out / "predictions.parquet"))
     t2 = time.perf_counter()
-    precision = matcher.describe().get("precision", "n/a")
+    precision = matcher.describe().get("precision", "no-model")
     meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split, "precision": precision,
             "split_pairs": split_pairs, "subset": subset}
     results, breakdowns = evaluate(rows, xy, protocols, meta)
     t_eval = time.perf_counter() - t2
 
     write_parquet(pred, out / "predictions.parquet")
+    write_parquet(per_pair_table(rows, xy, protocols), out / "per_pair.parquet")
     write_text(out / "results.csv", to_csv_text(results))
     write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
     record = {
@@ -412,6 +413,7 @@ def run(args) -> Path:
         "n_pairs": n,
         "readouts": list(matcher.readouts),
         "protocols": [p.to_dict() for p in protocols],
+        "confidence_intervals": {**BOOTSTRAP, "over": "pairs", "method": "percentile"},
         "seed": getattr(matcher.config, "seed", None),
         "device": matcher.describe().get("device", "cpu"),
         "precision": precision,

@@ -14,9 +14,26 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("runs", nargs="+", type=Path, help="folders written by python -m benchmarks.run")
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--reported", type=Path, default=None, help="CSV of published numbers (default: the bundled one)")
+    c = sub.add_parser("compare", help="paired comparison of two runs (difference and its bootstrap interval)")
+    c.add_argument("run_a", type=Path)
+    c.add_argument("run_b", type=Path)
+    c.add_argument("--protocol", default="sd4match")
+    c.add_argument("--readout", default=None, help="required when a run holds several readouts")
+    c.add_argument("--alpha", type=float, default=0.1)
     args = p.parse_args(argv)
     from .core import LeaderboardError, build, read_reported
 
+    if args.command == "compare":
+        from .compare import compare
+
+        try:
+            table, head = compare(args.run_a, args.run_b, args.protocol, args.readout, args.alpha)
+        except LeaderboardError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(head)
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+        return 0
     try:
         reported = read_reported(args.reported) if args.reported else None
         written = build(args.runs, args.out, reported)

@@ -126,9 +126,9 @@ def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None) ->
                                "(results.csv and run.json)")
     frames = [read_run(d) for d in runs]
     frames.append(read_reported() if reported is None else reported)
-    cols = KEY + ["dataset", "category", "alpha", "pck", "note", "n_pairs", "split_pairs"]
+    cols = KEY + ["dataset", "category", "alpha", "pck", "note", "n_pairs", "split_pairs", "ci_low", "ci_high"]
     for f in frames:
-        for c in ("n_pairs", "split_pairs"):
+        for c in ("n_pairs", "split_pairs", "ci_low", "ci_high"):
             if c not in f.columns:
                 f[c] = float("nan")
     return pd.concat([f[cols] for f in frames], ignore_index=True)
@@ -157,6 +157,13 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
                       for n, t in zip(cover["n_pairs"], cover["split_pairs"])]
     table = table.merge(cover[KEY + ["pairs"]], on=KEY, how="left")
     table["pairs"] = table["pairs"].fillna("published")
+    # half-width of the 95% bootstrap interval of each 'all' number (see results.csv ci_low / ci_high)
+    allr = d[d["category"] == "all"].copy()
+    allr["half"] = ((allr["ci_high"] - allr["ci_low"]) * 50).round(1)
+    for a in alphas:
+        sub = allr[allr["alpha"] == a].groupby(KEY, sort=True)["half"].first().rename(f"all@{a:g} ci95 +-").reset_index()
+        if sub.iloc[:, -1].notna().any():
+            table = table.merge(sub, on=KEY, how="left")
     table["kind"] = pd.Categorical(table["kind"], ["measured", "reported"], ordered=True)
     table = table.sort_values(KEY, kind="mergesort").reset_index(drop=True)
     table["kind"] = table["kind"].astype(str)
@@ -169,13 +176,20 @@ def markdown(table: pd.DataFrame, dataset: str) -> str:
              "PCK in percent. Every row names its protocol (frame, threshold, aggregate) and readout; "
              "`reported` rows are published numbers with their source, never measured here.", ""]
     cols = [c for c in table.columns if c != "note"] + ["note"]
+    ci_cols = {c: c.replace(" ci95 +-", "") for c in cols if c.endswith(" ci95 +-")}
+    cols = [c for c in cols if c not in ci_cols]
+    lines[2] += " `all` numbers of measured rows carry their 95% bootstrap interval over pairs (+- half-width)."
     lines.append("| " + " | ".join(cols) + " |")
     lines.append("|" + "|".join("---" for _ in cols) + "|")
-    for _, r in table[cols].iterrows():
+    half = {v: k for k, v in ci_cols.items()}
+    for _, r in table.iterrows():
         cells = []
         for c in cols:
             v = r[c]
-            cells.append("" if (isinstance(v, float) and pd.isna(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v)))
+            text = "" if (isinstance(v, float) and pd.isna(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v))
+            if c in half and text and not pd.isna(r[half[c]]):
+                text += f" +- {r[half[c]]:.1f}"
+            cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -260,3 +260,33 @@ def test_partial_runs_are_marked_everywhere(tmp_path):
     row = lb[lb.method.str.contains("first 5")].iloc[0]
     assert row[[c for c in lb.columns if c.startswith("tvmonitor@")]].isna().all()
     assert len(written) >= 2
+
+
+def test_per_pair_table_intervals_and_paired_comparison(spair_root, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from leaderboard.__main__ import main as lb_cli
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out", str(a), "--quiet"]) == 0
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out", str(b), "--quiet",
+                    "--protocol", "sd4match"]) == 0
+    per = pq.read_table(a / "per_pair.parquet").to_pandas()
+    assert list(per.columns) == ["pair_id", "category", "readout", "protocol", "threshold", "frame", "alpha",
+                                 "fraction_correct", "n_kps"]
+    res = pd.read_csv(a / "results.csv")
+    row = res[(res.category == "all") & (res.protocol == "sd4match") & (res.alpha == 0.1)].iloc[0]
+    sub = per[(per.protocol == "sd4match") & (per.alpha == 0.1)]
+    assert len(sub) == 40 and np.isclose(sub.fraction_correct.mean(), row.pck)  # per-image PCK = mean of the table
+    assert row.ci_low <= row.pck <= row.ci_high and row.ci_high - row.ci_low > 0
+    assert res[res.category != "all"].ci_low.isna().all()
+    again = run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out",
+                     str(tmp_path / "c"), "--quiet"])
+    assert again == 0 and pd.read_csv(tmp_path / "c" / "results.csv").ci_low.equals(res.ci_low)  # seeded
+    # the same predictions compared with themselves: difference 0, interval [0, 0]
+    assert lb_cli(["compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "40 common pairs" in out
+    line = [x for x in out.splitlines() if x.strip().startswith("all")][0].split()
+    assert [float(v) for v in line[4:]] == [0.0, 0.0, 0.0]
+    assert lb_cli(["compare", str(a), str(tmp_path / "nope")]) == 2

@@ -42,7 +42,12 @@ def main() -> None:
     from sd4match.features import ATTENTION, SDFeaturizer
     from sd4match.models import random_sd21
 
-    assert torch.cuda.is_available(), "needs a CUDA GPU"
+    if not torch.cuda.is_available():
+        import sys
+
+        print(f"error: benchmarks.gpu_check needs a CUDA GPU, and none is visible here (torch {torch.__version__}); "
+              "on a CPU use python -m benchmarks.profile", file=sys.stderr)
+        raise SystemExit(2)
     backends = [b.strip() for b in args.attention.split(",") if b.strip()]
     assert backends and all(b in ATTENTION for b in backends), f"--attention: choose from {', '.join(ATTENTION)}"
     dev = torch.device("cuda")

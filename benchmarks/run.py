@@ -43,6 +43,22 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def matcher_source(cls) -> dict:
+    """Where a matcher class comes from: its module and the installed distribution (name, version)
+    that provides it (plugins included)."""
+    from importlib.metadata import packages_distributions
+
+    top = cls.__module__.split(".")[0]
+    dists = sorted(set(packages_distributions().get(top, [])))
+    out = {"module": cls.__module__, "class": cls.__name__, "distribution": dists[0] if dists else None, "version": None}
+    if dists:
+        try:
+            out["version"] = version(dists[0])
+        except PackageNotFoundError:
+            pass
+    return out
+
+
 def git_hash() -> str:
     here = Path(__file__).resolve().parent
     try:
@@ -418,6 +434,7 @@ def run(args) -> Path:
         "device": matcher.describe().get("device", "cpu"),
         "precision": precision,
         "matcher_info": matcher.describe(),
+        "matcher_source": matcher_source(cls),
         "versions": package_versions(),
         "git": git_hash(),
         "command": " ".join(["python -m benchmarks.run", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("run.py") else None,

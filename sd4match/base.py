@@ -118,6 +118,9 @@ class SDMatcherBase(DenseMatcher):
     @property
     def sd(self) -> SDFeaturizer:
         if self._sd is None:  # loaded on first use: a fully cached run never loads the model
+            import sys
+
+            print(f"loading Stable Diffusion from {self.config.model_id} ...", file=sys.stderr, flush=True)
             comps = load_components(self.config.model_id, seed=self.config.seed)
             self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype, self.config.channels_last,
                                     self.config.compile, self.config.attention)

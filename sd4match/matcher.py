@@ -102,6 +102,9 @@ class SD4MatchMatcher(SDMatcherBase):
     @property
     def dino(self):
         if self._dino is None:
+            import sys
+
+            print(f"loading DINOv2 from {self.config.dino_id} ...", file=sys.stderr, flush=True)
             model, spec = load_dino(self.config.dino_id, self.config.seed)
             self._dino = (model.to(self.device), spec)
         return self._dino

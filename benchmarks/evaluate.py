@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.evaluate", description="Recompute PCK from a predictions file.")
     p.add_argument("predictions", type=Path)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--data-root", type=Path, default=None, help="default: the data home's folder of --dataset")
     p.add_argument("--split", default="test")
     p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
     p.add_argument("--protocol", action="append", help=f"preset name, repeatable (default: all of {', '.join(PRESETS)})")
@@ -226,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             pass
     try:
+        import loaders
+
+        loaders.api.check_names(args.dataset, args.split, args.layout)
+        args.data_root = loaders.api.ensure_root(args.dataset, args.data_root)
         results, breakdowns = evaluate_file(args.predictions, args.dataset, args.data_root, args.split,
                                             args.protocol, matcher or "unknown", args.layout, precision,
                                             parse_alphas(args.alphas) if args.alphas else None)

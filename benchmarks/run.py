@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matcher", help="registered matcher name (see --list-matchers)")
     p.add_argument("--preset", default=None, help="named settings of the matcher (e.g. tiny)")
     p.add_argument("--dataset", help="spair-71k, pf-pascal or pf-willow")
-    p.add_argument("--data-root", type=Path, help="dataset root folder")
+    p.add_argument("--data-root", type=Path,
+                   help="dataset root folder (default: $CORRBENCH_DATA/<folder>, else ~/.cache/corrbench/data/<folder>)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the official archive when the dataset is missing (verified before unpacking)")
     p.add_argument("--split", default="test")
     p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs of the split (a partial result)")
@@ -319,8 +322,10 @@ def run(args) -> Path:
     from .evaluate import BOOTSTRAP, evaluate, per_pair_table, summary, to_csv_text
     from .protocol import parse_alphas, protocols_for
 
-    if not args.matcher or not args.dataset or not args.data_root:
-        raise RunError("--matcher, --dataset and --data-root are required (or --list-matchers)")
+    if not args.matcher or not args.dataset:
+        raise RunError("--matcher and --dataset are required (or --list-matchers)")
+    loaders.api.check_names(args.dataset, args.split, args.layout)
+    args.data_root = loaders.api.ensure_root(args.dataset, args.data_root, args.download)
     cls = registry.load_class(args.matcher)
     alphas = parse_alphas(args.alphas) if args.alphas else None
     protocols = protocols_for(args.dataset, args.protocol, alphas) if args.dataset in loaders.READERS else None

@@ -29,6 +29,40 @@ def default_cache_dir() -> Path:
     return Path(base) / "tables"
 
 
+#: folder of each dataset under the data home (the names the official archives and ../shared/data use)
+DATA_FOLDERS = {"spair-71k": "SPair-71k", "pf-pascal": "PF-PASCAL", "pf-willow": "PF-WILLOW"}
+
+
+def data_home() -> Path:
+    """``$CORRBENCH_DATA`` or ``~/.cache/corrbench/data``: where datasets live when no root is given."""
+    base = os.environ.get("CORRBENCH_DATA") or os.path.join(os.path.expanduser("~"), ".cache", "corrbench", "data")
+    return Path(base)
+
+
+def default_root(dataset: str) -> Path:
+    """``<data home>/<dataset folder>``, e.g. ``~/.cache/corrbench/data/PF-WILLOW``."""
+    check_names(dataset, SPLITS_OF.get(dataset, ("test",))[-1])
+    return data_home() / DATA_FOLDERS[dataset]
+
+
+def ensure_root(dataset: str, root: str | os.PathLike | None, download: bool = False) -> Path:
+    """The dataset root to read: ``root``, else :func:`default_root`. A missing dataset is fetched with
+    ``download`` (verified as :func:`loaders.download.download` verifies), else a one-line error says how."""
+    path = Path(root) if root is not None else default_root(dataset)
+    present = path.is_dir() and any(path.iterdir())
+    if present:
+        return path
+    if not download:
+        raise DatasetError(f"{path}: {dataset} not found; pass --data-root, set CORRBENCH_DATA to the folder holding "
+                           f"{DATA_FOLDERS[dataset]}/, or add --download to fetch the official archive")
+    from .download import NOTES, download as fetch
+
+    fetch(dataset, path)
+    if dataset in NOTES:
+        print(f"note: {NOTES[dataset]}")
+    return path
+
+
 def check_names(dataset: str, split: str, layout: str | None = None) -> None:
     """Raise :class:`DatasetError` listing the valid names for an unknown dataset/split/layout."""
     if dataset not in READERS:

@@ -3,8 +3,10 @@
 Nothing is downloaded unless asked for. Every archive is treated as hostile until checked:
 
 - its sha256 is computed while it downloads and must equal the checksum recorded for it here, or
-  the one the user passes (``--sha256``); with neither, nothing is unpacked unless the user says
-  ``--allow-unverified``, and the computed checksum is printed so that it can be pinned;
+  the one the user passes (``--sha256``); where neither exists but the package records the sha256
+  of every data file (PF-Willow), each unpacked file must match its own; with none of these,
+  nothing is unpacked unless the user says ``--allow-unverified``, and the computed checksum is
+  printed so that it can be pinned;
 - members are unpacked one by one, only regular files and folders, each path relative, without
   ``..``, NUL or drive letters, and inside the target after resolving; links, devices and FIFOs
   are refused;
@@ -130,6 +132,32 @@ def extract(archive: Path, dest: Path, max_bytes: int) -> None:
         raise DatasetError(f"{archive}: downloaded file is neither a zip nor a tar archive")
 
 
+def known_file_checksums(dataset: str) -> dict[str, str]:
+    """sha256 of each data file of ``dataset`` recorded in the package (relative to the folder that holds
+    its subsets), or {} where none are recorded."""
+    from .verify import known_checksums
+
+    try:
+        return known_checksums(dataset)
+    except Exception:  # no file for this dataset
+        return {}
+
+
+def check_files(unpacked: Path, files: dict[str, str], url: str) -> None:
+    """Every recorded data file must be in the unpacked archive with its recorded sha256."""
+    first = next(iter(sorted(files)))
+    folders = [unpacked, *(d for d in unpacked.rglob("*") if d.is_dir())]
+    base = next((d for d in folders if (d / first).is_file()), None)  # the folder that holds the subsets
+    bad = []
+    for rel, want in sorted(files.items()):
+        path = base / rel if base is not None else None
+        if path is None or not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != want:
+            bad.append(rel)
+    if bad:
+        raise DatasetError(f"{url}: {len(bad)} of {len(files)} data files are missing or differ from their recorded "
+                           f"sha256 (first: {bad[0]}); nothing was unpacked")
+
+
 def _fetch(url: str, archive: Path, timeout: float, root: Path) -> str:
     """Download ``url`` to ``archive``; returns its sha256."""
     h = hashlib.sha256()
@@ -184,7 +212,8 @@ def download(dataset: str, root: str | Path, timeout: float = 30.0, *, sha256: s
             tmp = Path(tmp)
             archive = tmp / name
             got = _fetch(item.url, archive, timeout, root)
-            if expected is None and not allow_unverified:
+            files = known_file_checksums(dataset) if archives is None else {}
+            if expected is None and not allow_unverified and not files:
                 raise DatasetError(f"{item.url}: no checksum is recorded for this archive, so it is not unpacked "
                                    f"(downloaded sha256 {got}); check it against a source you trust and pass "
                                    "--sha256 HEX, or pass --allow-unverified")
@@ -193,6 +222,8 @@ def download(dataset: str, root: str | Path, timeout: float = 30.0, *, sha256: s
                                    "the download is damaged or tampered with, nothing was unpacked")
             unpacked = tmp / "unpacked"
             extract(archive, unpacked, item.max_bytes)
+            if expected is None and not allow_unverified:  # no archive checksum: every data file must match its own
+                check_files(unpacked, files, item.url)
             tops = sorted(unpacked.iterdir())
             clash = [root / t.name for t in tops if (root / t.name).exists()]
             if clash:

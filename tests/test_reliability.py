@@ -686,3 +686,23 @@ def test_failed_run_leaves_no_empty_folder_and_leaderboard_skips_strays(tmp_path
     assert set(board[board["kind"] == "measured"]["run"].str.startswith("run")) == {True}
     with pytest.raises(LeaderboardError, match="is a folder written by benchmarks.run"):
         collect([tmp_path / "runs" / "failed"])
+
+
+def test_download_verifies_each_file_where_the_package_records_them(tmp_path, monkeypatch):
+    """PF-Willow: no archive checksum is published, but every data file's sha256 is recorded."""
+    import hashlib
+
+    import loaders.download as D
+
+    files = {"car(G)/a.png": b"png-bytes", "car(G)/a.mat": b"mat-bytes"}
+    sums = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+    monkeypatch.setattr(D, "known_file_checksums", lambda dataset: sums)
+    good = _zip(tmp_path / "good.zip", {f"PF-dataset/{k}": v for k, v in files.items()})
+    monkeypatch.setattr(D, "ARCHIVES", {"pf-willow": [D.Archive(good.as_uri(), None, 1 << 20)]})
+    D.download("pf-willow", tmp_path / "ok")
+    assert (tmp_path / "ok" / "PF-dataset" / "car(G)" / "a.png").read_bytes() == b"png-bytes"
+    bad = _zip(tmp_path / "bad.zip", {"PF-dataset/car(G)/a.png": b"tampered", "PF-dataset/car(G)/a.mat": b"mat-bytes"})
+    monkeypatch.setattr(D, "ARCHIVES", {"pf-willow": [D.Archive(bad.as_uri(), None, 1 << 20)]})
+    with pytest.raises(DatasetError, match="1 of 2 data files are missing or differ.*car\\(G\\)/a.png"):
+        D.download("pf-willow", tmp_path / "no")
+    assert not (tmp_path / "no" / "PF-dataset").exists()

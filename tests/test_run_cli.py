@@ -290,3 +290,33 @@ def test_per_pair_table_intervals_and_paired_comparison(spair_root, tmp_path, ca
     line = [x for x in out.splitlines() if x.strip().startswith("all")][0].split()
     assert [float(v) for v in line[4:]] == [0.0, 0.0, 0.0]
     assert lb_cli(["compare", str(a), str(tmp_path / "nope")]) == 2
+
+
+def test_data_home_and_download(tmp_path, monkeypatch, capsys):
+    import hashlib
+    import zipfile
+
+    import loaders.download as D
+
+    home = tmp_path / "home"
+    write_pfwillow_root(home / "PF-WILLOW", n_images=2)
+    monkeypatch.setenv("CORRBENCH_DATA", str(home))
+    assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--out", str(tmp_path / "a"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["data_root"] == str((home / "PF-WILLOW").resolve())
+    monkeypatch.setenv("CORRBENCH_DATA", str(tmp_path / "empty"))
+    assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--out", str(tmp_path / "b"), "--quiet"]) == 2
+    assert "pf-willow not found; pass --data-root, set CORRBENCH_DATA" in capsys.readouterr().err
+    # --download: the official archive (here a local copy) is fetched, checked file by file, unpacked
+    archive = tmp_path / "PF-dataset.zip"
+    sums = {}
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted((home / "PF-WILLOW" / "PF-dataset").rglob("*.*")):
+            rel = p.relative_to(home / "PF-WILLOW" / "PF-dataset").as_posix()
+            zf.write(p, f"PF-dataset/{rel}")
+            sums[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    monkeypatch.setattr(D, "ARCHIVES", {"pf-willow": [D.Archive(archive.as_uri(), None, 1 << 30)]})
+    monkeypatch.setattr(D, "known_file_checksums", lambda dataset: sums)
+    assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--out", str(tmp_path / "c"), "--quiet",
+                    "--download"]) == 0
+    assert (tmp_path / "empty" / "PF-WILLOW" / "PF-dataset" / "car(G)" / "img_000.png").is_file()
+    assert pd.read_csv(tmp_path / "c" / "results.csv").equals(pd.read_csv(tmp_path / "a" / "results.csv"))

@@ -14,6 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("runs", nargs="+", type=Path, help="folders written by python -m benchmarks.run")
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--reported", type=Path, default=None, help="CSV of published numbers (default: the bundled one)")
+    b.add_argument("--format", default="md,csv", help="comma-separated: md, csv, tex (default md,csv)")
+    b.add_argument("--alpha", type=float, default=0.1, help="the alpha of the per-protocol tables (default 0.1)")
+    b.add_argument("--plot-readouts", action="store_true", help="plot every readout (default: each method's best)")
     c = sub.add_parser("compare", help="paired comparison of two runs (difference and its bootstrap interval)")
     c.add_argument("run_a", type=Path)
     c.add_argument("run_b", type=Path)
@@ -36,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         reported = read_reported(args.reported) if args.reported else None
-        written = build(args.runs, args.out, reported)
+        formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+        written = build(args.runs, args.out, reported, formats, args.alpha, args.plot_readouts)
     except (LeaderboardError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -170,66 +170,53 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def markdown(table: pd.DataFrame, dataset: str) -> str:
-    """A Markdown table; the protocol of every row is spelled out in its columns."""
-    lines = [f"# Leaderboard: {dataset}", "",
-             "PCK in percent. Every row names its protocol (frame, threshold, aggregate) and readout; "
-             "`reported` rows are published numbers with their source, never measured here.", ""]
-    cols = [c for c in table.columns if c != "note"] + ["note"]
-    ci_cols = {c: c.replace(" ci95 +-", "") for c in cols if c.endswith(" ci95 +-")}
-    cols = [c for c in cols if c not in ci_cols]
-    lines[2] += " `all` numbers of measured rows carry their 95% bootstrap interval over pairs (+- half-width)."
-    lines.append("| " + " | ".join(cols) + " |")
-    lines.append("|" + "|".join("---" for _ in cols) + "|")
-    half = {v: k for k, v in ci_cols.items()}
-    for _, r in table.iterrows():
-        cells = []
-        for c in cols:
-            v = r[c]
-            text = "" if (isinstance(v, float) and pd.isna(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v))
-            if c in half and text and not pd.isna(r[half[c]]):
-                text += f" +- {r[half[c]]:.1f}"
-            cells.append(text)
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _savefig(fig, path: Path) -> None:
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
 
 
-def _label(r) -> str:
-    tag = " (reported)" if r["kind"] == "reported" else ""
-    return f"{r['method']}{tag} {r['protocol']}/{r['aggregate']}/{r['readout']}"
+def headline(d: pd.DataFrame, alpha: float = 0.1, all_readouts: bool = False) -> pd.DataFrame:
+    """The rows drawn: per (kind, method) the readout with the best All at ``alpha`` in its protocol
+    table (every readout with ``all_readouts``)."""
+    if all_readouts or d.empty:
+        return d
+    a = d[(d["category"] == "all") & ((d["alpha"] - alpha).abs() < 1e-9)]
+    keep = []
+    for _, g in a.groupby(["kind", "method", "frame", "threshold", "aggregate"], sort=True):
+        best = g.sort_values(["pck", "readout"], ascending=[False, True], kind="mergesort").iloc[0]
+        keep.append((best["kind"], best["method"], best["frame"], best["threshold"], best["aggregate"], best["readout"]))
+    k = pd.DataFrame(keep, columns=["kind", "method", "frame", "threshold", "aggregate", "readout"]).drop_duplicates()
+    return d.merge(k, on=list(k.columns))
 
 
-def plots(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
-    """PCK against alpha per row (category all) and per-category bars at alpha 0.1."""
+def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_readouts: bool = False) -> list[Path]:
+    """PCK against alpha, one panel per protocol table and one line per method (its best readout at
+    ``alpha`` unless ``all_readouts``); per-category bars at ``alpha`` for the protocol table with the
+    most methods. Legends sit inside the figure; nothing is clipped (tight bounding box)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .tables import _dedupe
+
     written = []
-    d = df[df["category"] == "all"]
-    protos = sorted(set(zip(d["protocol"], d["frame"], d["threshold"])))
-    n_lines = max(len(list(g.groupby(KEY))) for _, g in d.groupby(["protocol", "frame", "threshold"], sort=True))
-    fig, axes = plt.subplots(1, len(protos), figsize=(5.5 * len(protos), 4 + 0.18 * n_lines), squeeze=False)
-    colors = plt.get_cmap("tab20").colors
-    for ax, (proto, frame, threshold) in zip(axes[0], protos):
-        sub = d[(d["protocol"] == proto) & (d["frame"] == frame) & (d["threshold"] == threshold)]
-        for i, (key, g) in enumerate(sub.groupby(KEY, sort=True)):
-            r = dict(zip(KEY, key))
-            g = g.sort_values("alpha")
-            tag = " (reported)" if r["kind"] == "reported" else ""
-            ax.plot(g["alpha"], g["pck"] * 100, "--o" if tag else "-o", color=colors[i % len(colors)],
-                    label=f"{r['method']}{tag} {r['aggregate']}/{r['readout']}")
-        ax.set_title(f"{proto}: frame {frame}, T = {threshold}", fontsize=9)
+    d = headline(df, alpha, all_readouts)
+    d = pd.concat([_dedupe(g) for _, g in d.groupby(["frame", "threshold", "aggregate"], sort=True)]) if not d.empty else d
+    groups = list(d[d["category"] == "all"].groupby(["frame", "threshold", "aggregate"], sort=True))
+    colors = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 4.2), squeeze=False)
+    for ax, ((frame, threshold, aggregate), g) in zip(axes[0], groups):
+        for i, ((kind, method, readout), h) in enumerate(g.groupby(["kind", "method", "readout"], sort=True)):
+            h = h.sort_values("alpha")
+            label = f"{method}" + (f" ({readout})" if readout != "none" else "") + (" [reported]" if kind == "reported" else "")
+            ax.plot(h["alpha"], h["pck"] * 100, "--o" if kind == "reported" else "-o", color=colors[i % len(colors)],
+                    label=label, markersize=4)
+        ax.set_title(f"frame {frame}, T = {threshold}\naggregate {aggregate}", fontsize=9)
         ax.set_xlabel("alpha")
-        ax.set_ylabel("PCK (%), category all")
+        ax.set_ylabel("PCK (%), all")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1)
+        ax.legend(fontsize=7, loc="best", framealpha=0.9)
     fig.suptitle(f"{dataset}: PCK against alpha")
     fig.tight_layout()
     path = out / f"{dataset}-pck-vs-alpha.png"
@@ -237,22 +224,27 @@ def plots(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
-    c = df[(df["category"] != "all") & (df["alpha"].round(6) == 0.1)]
+    c = d[(d["category"] != "all") & ((d["alpha"] - alpha).abs() < 1e-9)]
     if not c.empty:
+        # the protocol table that holds the most methods
+        key = max(c.groupby(["frame", "threshold", "aggregate"], sort=True),
+                  key=lambda kv: kv[1][["kind", "method"]].drop_duplicates().shape[0])[0]
+        c = c[(c["frame"] == key[0]) & (c["threshold"] == key[1]) & (c["aggregate"] == key[2])]
         cats = sorted(set(c["category"]))
-        groups = list(c.groupby(KEY, sort=True))
-        fig, ax = plt.subplots(figsize=(max(11, len(cats) * 0.9), 5))
-        width = 0.8 / max(1, len(groups))
-        for i, (key, g) in enumerate(groups):
-            r = dict(zip(KEY, key))
-            vals = g.set_index("category")["pck"].reindex(cats) * 100
-            ax.bar([j + i * width for j in range(len(cats))], vals, width,  # a missing category: no bar, not 0
-                   label=_label(r), hatch="//" if r["kind"] == "reported" else None)
+        bars = list(c.groupby(["kind", "method", "readout"], sort=True))
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(cats) * max(1, len(bars)) ** 0.5 + 3), 4.6))
+        width = 0.8 / max(1, len(bars))
+        for i, ((kind, method, readout), g) in enumerate(bars):
+            vals = g.set_index("category")["pck"].reindex(cats) * 100  # a missing category: no bar, not 0
+            label = f"{method}" + (f" ({readout})" if readout != "none" else "") + (" [reported]" if kind == "reported" else "")
+            ax.bar([j + i * width for j in range(len(cats))], vals, width, label=label, color=colors[i % len(colors)],
+                   hatch="//" if kind == "reported" else None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
         ax.set_xticklabels(cats, rotation=45, ha="right")
-        ax.set_ylabel("PCK@0.1 (%)")
-        ax.set_title(f"{dataset}: PCK@0.1 per category")
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+        ax.set_ylabel(f"PCK@{alpha:g} (%)")
+        ax.set_title(f"{dataset}: PCK@{alpha:g} per category (frame {key[0]}, T = {key[1]}, {key[2]})", fontsize=9)
+        ax.legend(fontsize=7, loc="best", framealpha=0.9)
+        ax.grid(True, axis="y", alpha=0.3)
         fig.tight_layout()
         path = out / f"{dataset}-categories.png"
         _savefig(fig, path)
@@ -267,8 +259,18 @@ def csv_text(table: pd.DataFrame) -> str:
     return buf.getvalue()
 
 
-def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | None = None) -> list[Path]:
-    """Write ``<dataset>.csv``, ``<dataset>.md`` and plots for every dataset in the runs."""
+FORMATS = ("md", "csv", "tex")
+
+
+def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | None = None,
+          formats: tuple[str, ...] = ("md", "csv"), alpha: float = 0.1, all_readouts: bool = False) -> list[Path]:
+    """Per dataset: ``<dataset>.md`` / ``.csv`` / ``.tex`` (paper-style tables at ``alpha``, see
+    :mod:`leaderboard.tables`), ``<dataset>-wide.csv`` (every row at every alpha) and the plots."""
+    from . import tables as T
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise LeaderboardError(f"--format takes a comma-separated subset of {', '.join(FORMATS)}, got {','.join(formats)}")
     out = Path(out)
     df = collect(run_dirs, reported)
     measured_datasets = sorted(set(df.loc[df["kind"] == "measured", "dataset"]))
@@ -281,9 +283,15 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
         if target.parent != out.resolve():
             raise LeaderboardError(f"{dataset!r}: output would leave {out}")
         d = df[df["dataset"] == dataset]
-        table = wide(d)
-        write_text(out / f"{dataset}.csv", csv_text(table))
-        write_text(out / f"{dataset}.md", markdown(table, dataset))
-        written += [out / f"{dataset}.csv", out / f"{dataset}.md"]
-        written += plots(d, dataset, out)
+        parts, summary = T.tables(d, dataset, alpha), T.summary_table(d)
+        files = {"md": (f"{dataset}.md", lambda: T.to_markdown(dataset, parts, summary)),
+                 "csv": (f"{dataset}.csv", lambda: T.to_csv(parts)),
+                 "tex": (f"{dataset}.tex", lambda: T.to_latex(dataset, parts, summary))}
+        for f in formats:
+            name, text = files[f]
+            write_text(out / name, text())
+            written.append(out / name)
+        write_text(out / f"{dataset}-wide.csv", csv_text(wide(d)))
+        written.append(out / f"{dataset}-wide.csv")
+        written += plots(d, dataset, out, alpha, all_readouts)
     return written

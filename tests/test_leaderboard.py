@@ -27,28 +27,45 @@ def runs(tmp_path_factory):
 
 def test_build_files_and_reported_rows(runs, tmp_path):
     out = tmp_path / "lb"
-    assert lb_cli(["build", str(runs / "r1"), str(runs / "r2"), "--out", str(out)]) == 0
+    assert lb_cli(["build", str(runs / "r1"), str(runs / "r2"), "--out", str(out), "--format", "md,csv,tex"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["pf-willow-categories.png", "pf-willow-pck-vs-alpha.png", "pf-willow.csv", "pf-willow.md",
-                     "spair-71k-categories.png", "spair-71k-pck-vs-alpha.png", "spair-71k.csv", "spair-71k.md"]
-    sp = pd.read_csv(out / "spair-71k.csv")
-    rep = sp[sp.kind == "reported"]
+    assert names == ["pf-willow-categories.png", "pf-willow-pck-vs-alpha.png", "pf-willow-wide.csv", "pf-willow.csv",
+                     "pf-willow.md", "pf-willow.tex", "spair-71k-categories.png", "spair-71k-pck-vs-alpha.png",
+                     "spair-71k-wide.csv", "spair-71k.csv", "spair-71k.md", "spair-71k.tex"]
+    wide = pd.read_csv(out / "spair-71k-wide.csv")
+    rep = wide[wide.kind == "reported"]
     cpm = rep[(rep.method == "SD4Match-CPM") & (rep.protocol == "sd4match")]
     assert cpm["all@0.1"].item() == 75.5 and cpm["bird@0.1"].item() == 85.7
-    meas = sp[sp.kind == "measured"]
+    meas = wide[wide.kind == "measured"]
     assert set(meas.method) == {"identity"} and set(meas.protocol) == {"sd4match", "dift", "original"}
-    assert not meas["run"].str.contains("SD4Match").any()
     # measured values equal the run's own results.csv
     res = pd.read_csv(runs / "r1" / "results.csv")
     r = res[(res.protocol == "dift") & (res["aggregate"] == "point") & (res.category == "all") & (res.alpha == 0.1)]
     m = meas[(meas.protocol == "dift") & (meas["aggregate"] == "point")]
     assert m["all@0.1"].item() == round(r.pck.item() * 100, 1)
+    # paper-style tables: one per protocol, its protocol in the caption, presets with equal numbers merged
+    paper = pd.read_csv(out / "spair-71k.csv")
+    assert list(paper.columns[:6]) == ["table", "kind", "method", "readout", "precision", "run"]
+    assert {"All", "All +-", "pairs", "aeroplane", "tvmonitor"} <= set(paper.columns)
+    tables = sorted(set(paper.table))
+    # image (dift = original), point (dift = original), category, resized-768 image, and GeoAware-SC's published
+    # number under its own (partly unconfirmed) protocol
+    assert len(tables) == 5 and any("aggregate unconfirmed" in t for t in tables)
+    merged = [t for t in tables if "presets dift, original" in t and "aggregate image" in t]
+    assert len(merged) == 1 and len(paper[(paper.table == merged[0]) & (paper.kind == "measured")]) == 1
+    cpm_row = paper[(paper.method == "SD4Match-CPM") & paper.table.str.contains("resized-768x768")]
+    assert cpm_row["All"].item() == 75.5 and cpm_row["bird"].item() == 85.7
     md = (out / "spair-71k.md").read_text()
     assert "| reported | SD4Match-CPM |" in md and "| measured | identity |" in md
+    assert "**spair-71k: PCK@0.1 (%). Protocol (presets sd4match): frame resized-768x768, threshold bbox" in md
+    assert "summary, category All at every alpha" in md and "| PCK@0.05 | PCK@0.1 | PCK@0.15 |" in md
+    tex = (out / "spair-71k.tex").read_text()
+    assert tex.count("\\begin{tabular}") == 6 and "\\toprule" in tex and "resized-768x768" in tex
+    assert "bbox\\_kp" not in tex and "\\%" in tex
     with Image.open(out / "spair-71k-pck-vs-alpha.png") as im:
         assert im.size[0] > 300
     # pf-willow: no reported rows invented
-    assert set(pd.read_csv(out / "pf-willow.csv").kind) == {"measured"}
+    assert set(pd.read_csv(out / "pf-willow-wide.csv").kind) == {"measured"}
 
 
 def test_rebuild_is_byte_identical(runs, tmp_path):

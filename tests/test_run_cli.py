@@ -256,7 +256,7 @@ def test_partial_runs_are_marked_everywhere(tmp_path):
     csv_text = (tmp_path / "lb" / "spair-71k.csv").read_text()
     assert "5/54" in csv_text and "54/54" in csv_text
     # categories the first 5 pairs never reach are blank, not 0
-    lb = pd.read_csv(tmp_path / "lb" / "spair-71k.csv")
+    lb = pd.read_csv(tmp_path / "lb" / "spair-71k-wide.csv")
     row = lb[lb.method.str.contains("first 5")].iloc[0]
     assert row[[c for c in lb.columns if c.startswith("tvmonitor@")]].isna().all()
     assert len(written) >= 2

@@ -284,13 +284,11 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
             raise LeaderboardError(f"{dataset!r}: output would leave {out}")
         d = df[df["dataset"] == dataset]
         parts, summary = T.tables(d, dataset, alpha), T.summary_table(d)
-        files = {"md": (f"{dataset}.md", lambda: T.to_markdown(dataset, parts, summary)),
-                 "csv": (f"{dataset}.csv", lambda: T.to_csv(parts)),
-                 "tex": (f"{dataset}.tex", lambda: T.to_latex(dataset, parts, summary))}
+        render = {"md": lambda: T.to_markdown(dataset, parts, summary), "csv": lambda: T.to_csv(parts),  # noqa: B023
+                  "tex": lambda: T.to_latex(dataset, parts, summary)}  # noqa: B023 - called within this iteration
         for f in formats:
-            name, text = files[f]
-            write_text(out / name, text())
-            written.append(out / name)
+            write_text(out / f"{dataset}.{f}", render[f]())
+            written.append(out / f"{dataset}.{f}")
         write_text(out / f"{dataset}-wide.csv", csv_text(wide(d)))
         written.append(out / f"{dataset}-wide.csv")
         written += plots(d, dataset, out, alpha, all_readouts)

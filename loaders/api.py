@@ -55,7 +55,8 @@ def ensure_root(dataset: str, root: str | os.PathLike | None, download: bool = F
     if not download:
         raise DatasetError(f"{path}: {dataset} not found; pass --data-root, set CORRBENCH_DATA to the folder holding "
                            f"{DATA_FOLDERS[dataset]}/, or add --download to fetch the official archive")
-    from .download import NOTES, download as fetch
+    from .download import NOTES
+    from .download import download as fetch
 
     fetch(dataset, path)
     if dataset in NOTES:

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.visualize", description=__doc__.splitlines()[1].strip())
     p.add_argument("run_dir", type=Path)
-    p.add_argument("--data-root", required=True, type=Path)
+    p.add_argument("--data-root", type=Path, default=None, help="default: the run's data root, else the data home")
     p.add_argument("--pairs", type=int, default=10)
     p.add_argument("--category", default=None)
     p.add_argument("--worst", action="store_true", help="lowest per-pair PCK first")
@@ -160,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.pairs <= 0 or not args.alpha > 0 or not 16 <= args.max_side <= 8192:
             raise ValueError("--pairs and --alpha must be positive and --max-side in 16..8192")
-        written = visualize(args.run_dir, args.data_root, args.pairs, args.category, args.worst, args.readout,
+        root = args.data_root
+        if root is None:  # the folder the run read, when it is still there; else the data home
+            import loaders
+
+            meta = json.loads((args.run_dir / "run.json").read_text()) if (args.run_dir / "run.json").is_file() else {}
+            recorded = Path(meta["data_root"]) if isinstance(meta, dict) and meta.get("data_root") else None
+            root = recorded if recorded is not None and recorded.is_dir() else loaders.api.ensure_root(meta.get("dataset", ""), None)
+        written = visualize(args.run_dir, root, args.pairs, args.category, args.worst, args.readout,
                             args.alpha, args.out, args.max_side)
     except (ValueError, DatasetError, PredictionError) as exc:
         print(f"error: {exc}", file=sys.stderr)

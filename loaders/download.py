@@ -179,7 +179,7 @@ def _fetch(url: str, archive: Path, timeout: float, root: Path) -> str:
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DatasetError(f"cannot download {url} ({reason}); fetch it by hand, unpack it under {root} "
-                           "and pass that folder as --root") from None
+                           "and give that folder as the dataset root (--root / --data-root)") from None
     return h.hexdigest()
 
 

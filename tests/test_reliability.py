@@ -33,6 +33,21 @@ def _refused(dataset, root, split, match):
     return str(info.value)
 
 
+def _willow_pair_list(root, a, b, coords=None):
+    """A PF-Willow pair list with one row (imageA, imageB, 40 coordinates)."""
+    cells = coords if coords is not None else ["1"] * 40
+    (root / "test_pairs.csv").write_text("a,b," + ",".join(f"c{i}" for i in range(40)) + "\n"
+                                         + f"{a},{b}," + ",".join(cells) + "\n")
+
+
+def _edit_pascal_test_row(root, edit):
+    """Rewrite the first data row of PF-Pascal's test list with ``edit(cells) -> cells``."""
+    path = root / "image_pairs" / "test_pairs.csv"
+    lines = path.read_text().splitlines()
+    lines[1] = ",".join(edit(lines[1].split(",")))
+    path.write_text("\n".join(lines) + "\n")
+
+
 # ------------------------------------------------------------------------------------ path escapes (2)
 @pytest.mark.parametrize("name", ["../../../../dev/zero", "../x.jpg", "/etc/passwd", "a\x00.jpg"])
 def test_spair_image_name_cannot_leave_the_root(tmp_path, name):
@@ -52,20 +67,14 @@ def test_pfwillow_csv_name_cannot_leave_the_root(tmp_path, name):
     root = tmp_path / "willow"
     write_pfwillow_root(root, n_images=2)
     good = "PF-dataset/car(G)/img_000.png"
-    (root / "test_pairs.csv").write_text("a,b," + ",".join(f"c{i}" for i in range(40)) + "\n"
-                                         + f"{name},{good}," + ",".join(["1"] * 40) + "\n")
+    _willow_pair_list(root, name, good)
     _refused("pf-willow", root, "test", "imageA.*leaves the dataset root|imageA.*outside")
 
 
 def test_pfpascal_csv_name_cannot_leave_the_root(tmp_path):
     root = tmp_path / "pascal"
     write_pfpascal_root(root, n_pairs=2)
-    path = root / "image_pairs" / "test_pairs.csv"
-    lines = path.read_text().splitlines()
-    row = lines[1].split(",")
-    row[0] = "../../../../etc/hostname"
-    lines[1] = ",".join(row)
-    path.write_text("\n".join(lines) + "\n")
+    _edit_pascal_test_row(root, lambda cells: ["../../../../etc/hostname", *cells[1:]])
     _refused("pf-pascal", root, "test", "source_image.*leaves the dataset root")
 
 
@@ -76,9 +85,7 @@ def test_symlink_out_of_the_root_is_refused(tmp_path):
     outside.mkdir()
     shutil.copy(root / "PF-dataset/car(G)/img_000.png", outside / "x.png")
     os.symlink(outside, root / "PF-dataset" / "car(G)" / "link")
-    (root / "test_pairs.csv").write_text("a,b," + ",".join(f"c{i}" for i in range(40)) + "\n"
-                                         + "PF-dataset/car(G)/link/x.png,PF-dataset/car(G)/img_000.png,"
-                                         + ",".join(["1"] * 40) + "\n")
+    _willow_pair_list(root, "PF-dataset/car(G)/link/x.png", "PF-dataset/car(G)/img_000.png")
     _refused("pf-willow", root, "test", "resolves outside the dataset root")
 
 
@@ -123,9 +130,7 @@ def test_pfpascal_box_outside_image_is_refused(tmp_path):
 def test_inf_keypoint_in_csv_is_refused(tmp_path):
     root = tmp_path / "willow"
     write_pfwillow_root(root, n_images=2)
-    (root / "test_pairs.csv").write_text("a,b," + ",".join(f"c{i}" for i in range(40)) + "\n"
-                                         + "PF-dataset/car(G)/img_000.png,PF-dataset/car(G)/img_001.png,"
-                                         + ",".join(["inf"] + ["1"] * 39) + "\n")
+    _willow_pair_list(root, "PF-dataset/car(G)/img_000.png", "PF-dataset/car(G)/img_001.png", ["inf"] + ["1"] * 39)
     _refused("pf-willow", root, "test", "finite")
 
 
@@ -147,10 +152,7 @@ def test_non_utf8_files(tmp_path):
 def test_short_pascal_row(tmp_path):
     root = tmp_path / "pascal"
     write_pfpascal_root(root, n_pairs=2)
-    path = root / "image_pairs" / "test_pairs.csv"
-    lines = path.read_text().splitlines()
-    lines[1] = ",".join(lines[1].split(",")[:3])
-    path.write_text("\n".join(lines) + "\n")
+    _edit_pascal_test_row(root, lambda cells: cells[:3])
     _refused("pf-pascal", root, "test", "row 2 is short")
 
 

@@ -452,7 +452,7 @@ def run(args) -> Path:
 
     shutil.rmtree(partial, ignore_errors=True)  # shards, their checksums and any stale shard
     print(summary(results))
-    print(f"wrote {out}/predictions.parquet, results.csv ({len(results)} rows), breakdowns.csv, run.json")
+    print(f"wrote {out}/predictions.parquet, per_pair.parquet, results.csv ({len(results)} rows), breakdowns.csv, run.json")
     return out
 
 

@@ -32,7 +32,7 @@ class DiftMatcher(SDMatcherBase):
     description = "DIFT: SD-2.1 up-block-1 features, t=261, ensemble 8, prompt 'a photo of a {category}'"
     Config = DiftConfig
     presets = {
-        "tiny": {"model_id": "tiny", "image_size": 64, "ensemble": 2, "kernel_sigma": 3.0},
+        "tiny": {"model_id": "tiny", "image_size": 32, "ensemble": 2, "kernel_sigma": 3.0, "batch_size": 16},
         "fast": {"ensemble": 1},
     }
 

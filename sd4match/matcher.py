@@ -42,7 +42,7 @@ class SD4MatchConfig(SDConfig):
     readout: str = "kernel-soft-argmax,nn,soft-argmax,window-soft-argmax"
 
 
-TINY = {"model_id": "tiny", "dino_id": "tiny", "image_size": 64, "ensemble": 2, "kernel_sigma": 3.0}
+TINY = {"model_id": "tiny", "dino_id": "tiny", "image_size": 32, "ensemble": 2, "kernel_sigma": 3.0, "batch_size": 16}
 
 
 class SD4MatchMatcher(SDMatcherBase):

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks import readouts as R
-from benchmarks.dense import ImageInfo, cosine_maps, sample_at, to_grid, upsampled_nn
+from benchmarks.dense import ImageInfo, cosine_maps, sample_at, to_grid, upsampled_nn, upsampled_nn_batch
 
 GOLDEN = Path(os.environ.get("CORRBENCH_SHARED_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
 REL = 1e-5  # features, latents, embeddings, loss, gradients: relative to the golden tensor's max magnitude
@@ -127,6 +127,12 @@ def test_dift_readout_on_recorded_features():
     ft = load_file(str(golden("dift", "Cars_007a_e8.safetensors")))["features"][0]
     pred = upsampled_nn(fs, ft, g["src_kps_int"].float(), (300, 200), (300, 225)).long()
     _assert_argmax(pred, g["pred_xy"], g["best_cos"] - g["second_best_cos"], g["second_best_xy"])
+    # the batched path the matcher runs (several pairs per call; this pair twice, with another between)
+    (batched, other, again), _ = upsampled_nn_batch([fs, ft, fs], [ft, fs, ft], [g["src_kps_int"].float()] * 3,
+                                                    [(300, 200), (300, 225), (300, 200)],
+                                                    [(300, 225), (300, 200), (300, 225)])
+    for got in (batched, again):
+        _assert_argmax(got.long(), g["pred_xy"], g["best_cos"] - g["second_best_cos"], g["second_best_xy"])
 
 
 def _assert_argmax(pred, want, gap, second):
@@ -140,10 +146,12 @@ def _assert_argmax(pred, want, gap, second):
 def test_dift_readout_random_maps(case):
     g = load_file(str(golden("readouts", "sd4match_dift.safetensors")))
     sizes = json.loads(golden("readouts", "readouts_sd4match_dift.json").read_text())["dift"][case]
-    pred = upsampled_nn(g["src_ft"][0], g["trg_ft"][0], g[f"{case}_src_kps"].float(),
-                        tuple(sizes["src_original_size_wh"]), tuple(sizes["trg_original_size_wh"])).long()
-    _assert_argmax(pred, g[f"{case}_pred_xy"], g[f"{case}_best_cos"] - g[f"{case}_second_best_cos"],
-                   g[f"{case}_second_best_xy"])
+    args = (g["src_ft"][0], g["trg_ft"][0], g[f"{case}_src_kps"].float(),
+            tuple(sizes["src_original_size_wh"]), tuple(sizes["trg_original_size_wh"]))
+    (batched,), _ = upsampled_nn_batch(*([a] for a in args))
+    for pred in (upsampled_nn(*args).long(), batched.long()):
+        _assert_argmax(pred, g[f"{case}_pred_xy"], g[f"{case}_best_cos"] - g[f"{case}_second_best_cos"],
+                       g[f"{case}_second_best_xy"])
 
 
 # ----------------------------------------------------------------------------------------------- SD4Match

@@ -99,3 +99,64 @@ def test_upsampled_nn_equals_explicit_upsampling():
     expect = torch.stack([idx % 37, idx // 37], 1).float()
     torch.testing.assert_close(got, expect)
     torch.testing.assert_close(got_cached, expect)
+
+
+def _exact_cos(fs, ft, xy, src_size, trg_size):
+    """DIFT's readout materialised in float64: cosine of the upsampled maps at every target pixel."""
+    import torch.nn.functional as F
+
+    (sw, sh), (tw, th) = src_size, trg_size
+    up_s = F.interpolate(fs[None].double(), size=(sh, sw), mode="bilinear", align_corners=False)[0]
+    up_t = F.normalize(F.interpolate(ft[None].double(), size=(th, tw), mode="bilinear", align_corners=False)[0], dim=0)
+    px = xy.round().long()
+    px[:, 0].clamp_(0, sw - 1)
+    px[:, 1].clamp_(0, sh - 1)
+    vec = F.normalize(up_s[:, px[:, 1], px[:, 0]].T, dim=1)
+    return torch.einsum("nc,chw->nhw", vec, up_t)
+
+
+def test_upsampled_norms_equal_materialised_norms():
+    import torch.nn.functional as F
+
+    from benchmarks.dense import upsampled_sq_norms
+
+    torch.manual_seed(1)
+    for C, h, w in ((8, 1, 1), (8, 1, 5), (8, 4, 1), (64, 6, 7), (32, 16, 16)):
+        feats = torch.randn(2, C, h, w)
+        sizes = [(37, 29), (5, 3)] if h > 1 else [(9, 4), (2, 2)]  # up- and down-sizing
+        for f, (W, H), got in zip(feats, sizes, upsampled_sq_norms(feats, sizes)):
+            up = F.interpolate(f[None].double(), size=(H, W), mode="bilinear", align_corners=False)[0]
+            torch.testing.assert_close(got, (up * up).sum(0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("C,h", [(16, 8), (64, 16), (1280, 12)])
+def test_upsampled_nn_batch_equals_the_per_pair_path(C, h):
+    """Several pairs of mixed sizes (shared and distinct target sizes, a pair without keypoints,
+    keypoints on and past the image border) in one call == each pair alone; where the two differ,
+    both pixels are maxima of the exact (float64) cosine: a tie in exact arithmetic."""
+    from benchmarks.dense import upsampled_nn, upsampled_nn_batch, upsampled_sq_norms
+
+    g = torch.Generator().manual_seed(C)
+    n = 6
+    fs = [torch.randn(C, h, h, generator=g) for _ in range(n)]
+    ft = [torch.randn(C, h, h, generator=g) for _ in range(n)]
+    src_sizes = [(int(a), int(b)) for a, b in torch.randint(20, 300, (n, 2), generator=g)]
+    trg_sizes = [(120, 90), (120, 90), (77, 301), (120, 90), (33, 41), (250, 180)]
+    xy = [torch.rand(9, 2, generator=g) * torch.tensor(s, dtype=torch.float32) * 1.1 for s in src_sizes]
+    xy[0][0] = torch.tensor([0.0, 0.0])
+    xy[3] = torch.zeros(0, 2)
+    cached = [None, upsampled_sq_norms(ft[1][None], [trg_sizes[1]])[0], None, None, None, None]
+    got, norms = upsampled_nn_batch(fs, ft, xy, src_sizes, trg_sizes, cached, max_elements=50_000)
+    assert norms[1] is cached[1] and all(q.shape == (th, tw) for q, (tw, th) in zip(norms, trg_sizes))
+    ties = 0
+    assert got[3].shape == (0, 2)
+    for b in (0, 1, 2, 4, 5):
+        want = upsampled_nn(fs[b], ft[b], xy[b], src_sizes[b], trg_sizes[b])
+        assert got[b].shape == want.shape == (len(xy[b]), 2)
+        cos = _exact_cos(fs[b], ft[b], xy[b], src_sizes[b], trg_sizes[b])
+        for k in torch.nonzero((got[b] != want).any(1)).flatten().tolist():
+            (x1, y1), (x2, y2) = got[b][k].long().tolist(), want[k].long().tolist()
+            best = cos[k].max()
+            assert best - cos[k, y1, x1] < 1e-6 and best - cos[k, y2, x2] < 1e-6, (b, k)
+            ties += 1
+    assert ties <= 2  # ties are rare; most keypoints must agree exactly

@@ -19,7 +19,14 @@ import torch
 from safetensors.torch import load_file
 
 from benchmarks import readouts as R
-from benchmarks.dense import ImageInfo, cosine_maps, sample_at, to_grid, upsampled_nn, upsampled_nn_batch
+from benchmarks.dense import (
+    ImageInfo,
+    cosine_maps,
+    sample_at,
+    to_grid,
+    upsampled_nn,
+    upsampled_nn_batch,
+)
 
 GOLDEN = Path(os.environ.get("CORRBENCH_SHARED_GOLDEN", Path(__file__).resolve().parents[2] / "shared" / "golden"))
 REL = 1e-5  # features, latents, embeddings, loss, gradients: relative to the golden tensor's max magnitude

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
@@ -38,11 +39,29 @@ def inside_root(root: Path, rel, where: str, field: str) -> str:
     pure = PurePosixPath(rel.replace("\\", "/"))
     if pure.is_absolute() or rel.startswith(("/", "\\")) or ".." in pure.parts or (len(rel) > 1 and rel[1] == ":"):
         raise DatasetError(f"{where}: field {field!r} = {rel[:80]!r} leaves the dataset root")
-    base = Path(root).resolve()
-    full = (base / pure).resolve()
-    if full != base and base not in full.parents:
+    posix = pure.as_posix()
+    base = _realpath(os.fspath(root))
+    head, _, name = posix.rpartition("/")
+    folder = _realpath(os.path.join(base, head)) if head else base  # shared by many files: cached
+    full = os.path.join(folder, name)
+    if _within(folder, base):
+        try:
+            is_link = stat.S_ISLNK(os.lstat(full).st_mode)
+        except OSError:
+            is_link = False  # missing: reported when the file is read
+        if is_link:
+            full = os.path.realpath(full)
+    if not _within(full, base):
         raise DatasetError(f"{where}: field {field!r} = {rel[:80]!r} resolves outside the dataset root ({full})")
-    return pure.as_posix()
+    return posix
+
+
+#: resolved folders, cached: a dataset names thousands of files in a few folders
+_realpath = functools.lru_cache(maxsize=1 << 14)(os.path.realpath)
+
+
+def _within(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def image_size(path: Path) -> tuple[int, int]:

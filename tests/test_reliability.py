@@ -89,6 +89,19 @@ def test_symlink_out_of_the_root_is_refused(tmp_path):
     _refused("pf-willow", root, "test", "resolves outside the dataset root")
 
 
+def test_file_symlink_out_of_the_root_is_refused_and_inside_accepted(tmp_path):
+    root = tmp_path / "willow"
+    write_pfwillow_root(root, n_images=2)
+    outside = tmp_path / "x.png"
+    shutil.copy(root / "PF-dataset/car(G)/img_000.png", outside)
+    os.symlink(root / "PF-dataset/car(G)/img_000.png", root / "PF-dataset/car(G)/inside.png")
+    _willow_pair_list(root, "PF-dataset/car(G)/inside.png", "PF-dataset/car(G)/img_001.png")
+    assert loaders.load_uncached("pf-willow", root, "test").num_rows >= 1
+    os.symlink(outside, root / "PF-dataset/car(G)/escape.png")
+    _willow_pair_list(root, "PF-dataset/car(G)/escape.png", "PF-dataset/car(G)/img_001.png")
+    _refused("pf-willow", root, "test", "escape.png.*resolves outside the dataset root")
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_fifo_in_place_of_an_image_does_not_hang(tmp_path):
     root = tmp_path / "willow"

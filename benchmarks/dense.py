@@ -425,11 +425,18 @@ class DenseMatcher(Matcher):
                     raise MatcherError(f"{path}: image header claims {size[0]} x {size[1]} pixels; refusing to decode")
                 full = im.convert("RGB")
                 key = pixel_key(full)
-                rgb = full.resize((self.config.image_size,) * 2, getattr(Image.Resampling, RESIZE[self.config.resize]))
+                rgb = self._network_input(full)
         except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
             raise MatcherError(f"{path}: cannot decode image ({type(exc).__name__}: {str(exc)[:120]})") from None
         arr = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
         return arr, key, size
+
+    def _network_input(self, image):
+        """The decoded RGB image -> what is kept per image: the S x S resize (matchers that build
+        their own inputs from the original, such as the padded-frame ones, keep the original)."""
+        from PIL import Image
+
+        return image.resize((self.config.image_size,) * 2, getattr(Image.Resampling, RESIZE[self.config.resize]))
 
     def _cache_path(self, info: ImageInfo, tag: str) -> Path | None:
         if self._cache_dir is None:

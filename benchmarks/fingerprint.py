@@ -4,7 +4,7 @@ A cache keyed by a model's *name* returns stale features after the weights behin
 (a folder re-saved with other weights, a hub repository updated). Feature, VAE-posterior and
 DINOv2-token caches are therefore keyed by :func:`model_fingerprint`:
 
-- random-weight presets (``tiny``, ``random-sd21``, ``random-base``): the name and the seed, which
+- random-weight presets (``tiny``, ``random-sd21``, ``random-sd15``, ``random-base`` and the other DINOv2 sizes): the name and the seed, which
   fix every weight;
 - a local folder: the sha256 of every file's content in the folders the model is loaded from
   (memoised per file by path, size and modification time in ``$CORRBENCH_CACHE/fingerprints.json``,
@@ -22,7 +22,7 @@ import os
 import re
 from pathlib import Path
 
-RANDOM_PRESETS = ("tiny", "random-sd21", "random-base")
+RANDOM_PRESETS = ("tiny", "random-sd21", "random-sd15", "random-base", "random-small", "random-large", "random-giant")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 

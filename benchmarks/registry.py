@@ -36,6 +36,12 @@ BUILTIN: dict[str, Entry] = {
               "SD4Match-Class: one learned prompt per category; SD-2.1 t=50, ensemble 8, kernel soft-argmax"),
         Entry("cpm", "sd4match.matcher:CPMMatcher",
               "SD4Match-CPM: prompts conditioned on DINOv2 features of both images (per pair); t=50, ensemble 8"),
+        Entry("dinov2", "sd4match.zeroshot:Dinov2Matcher",
+              "DINOv2 nearest neighbour (sd-dino / GeoAware-SC): ViT-B/14 block 11 before the final norm, 840 padded frame"),
+        Entry("sd-dino", "sd4match.zeroshot:SDDinoMatcher",
+              "SD+DINO (A Tale of Two Features): SD-1.5 blocks 2/5/8 t=100, per-pair PCA 3 x 256, + DINOv2-B, argmax"),
+        Entry("geoaware-zs", "sd4match.zeroshot:GeoAwareZeroShotMatcher",
+              "GeoAware-SC zero-shot: SD-1.5 blocks 2/5/8 t=50 FreeU + DINOv2-B, no PCA, window soft-argmax 5"),
         Entry("patch", "benchmarks.matchers.patch:PatchMatcher",
               "normalised raw-pixel patches on the dense grid (no weights; a sanity baseline)"),
     ]

@@ -22,6 +22,11 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+#: random-weight DINOv2 architectures: name -> (width, blocks, heads, SwiGLU FFN) of ViT-S/B/L/G/14
+RANDOM_SIZES = {"random-small": (384, 12, 6, False), "random-base": (768, 12, 12, False),
+                "random-large": (1024, 24, 16, False), "random-giant": (1536, 40, 24, True)}
+
+
 def default_dino_id() -> str:
     return os.environ.get(DINO_ENV) or DINO_HUB_ID
 
@@ -46,12 +51,15 @@ def load_dino(model_id: str, seed: int = 0):
     """(model, preprocessing spec) from ``tiny``, a local folder or a hub id."""
     if model_id == "tiny":
         return tiny_dino(seed)
-    if model_id == "random-base":  # the ViT-B/14 architecture with random weights, for timing
+    if model_id in RANDOM_SIZES:  # a real DINOv2 architecture with random weights, for timing and FLOPs
         from transformers import Dinov2Config, Dinov2Model
 
+        width, depth, heads, swiglu = RANDOM_SIZES[model_id]
         torch.manual_seed(seed + 3)
-        return Dinov2Model(Dinov2Config()).eval().requires_grad_(False), DinoSpec()
-    from transformers import Dinov2Model
+        cfg = Dinov2Config(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                           use_swiglu_ffn=swiglu, image_size=518)
+        return Dinov2Model(cfg).eval().requires_grad_(False), DinoSpec()
+    from transformers import AutoModel as Dinov2Model  # Dinov2Model, or Dinov2WithRegistersModel for *-with-registers
     from transformers.utils import logging as tlog
 
     tlog.set_verbosity_error()
@@ -105,6 +113,28 @@ def patch_tokens(model, pixels: torch.Tensor) -> torch.Tensor:
     p = next(model.parameters())
     out = model(pixel_values=pixels.to(p.device, p.dtype)).last_hidden_state
     return out[:, 1:].float()
+
+
+@torch.no_grad()
+def block_tokens(model, pixels: torch.Tensor, layer: int = -1, final_norm: bool = False) -> torch.Tensor:
+    """Patch tokens of one transformer block: ``(B, 3, S, S)`` normalised pixels -> ``(B, (S/14)^2, D)``.
+
+    ``layer``: block index (negative counts from the last); ``final_norm``: pass them through the
+    model's final LayerNorm (Hugging Face's ``last_hidden_state`` and DINOv2's ``x_norm_patchtokens``
+    do; sd-dino and GeoAware-SC take the block output before it). The class token and any register
+    tokens are dropped; the position embeddings are interpolated to S by the model.
+    """
+    p = next(model.parameters())
+    n = int(model.config.num_hidden_layers)
+    index = layer % n if -n <= layer < n else None
+    if index is None:
+        raise ValueError(f"layer must be in {-n}..{n - 1} for this {n}-block model, got {layer}")
+    out = model(pixel_values=pixels.to(p.device, p.dtype), output_hidden_states=True)
+    tokens = out.hidden_states[index + 1]
+    if final_norm:
+        tokens = model.layernorm(tokens)
+    skip = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+    return tokens[:, skip:].float()
 
 
 def dims(model, spec: DinoSpec) -> tuple[int, int]:

@@ -194,6 +194,37 @@ class SDFeaturizer:
         out, self._captured = self._captured, None
         return out[:n]
 
+    def layer_features(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                       layers: list[str]) -> list[torch.Tensor]:
+        """Outputs of the named UNet submodules (``up_blocks.2.attentions.1`` ...), in ``layers`` order;
+        the forward stops as soon as the last of them has run. A module output that a later module
+        changes in place before the stop (diffusers' FreeU scales up-block inputs in place) is
+        returned as changed."""
+        got: dict[str, torch.Tensor] = {}
+
+        def hook(name):
+            def capture(module, inputs, output):
+                got[name] = output[0] if isinstance(output, tuple) else output
+                if len(got) == len(set(layers)):
+                    raise _Stop
+            return capture
+
+        try:
+            handles = [self.c.unet.get_submodule(n).register_forward_hook(hook(n)) for n in dict.fromkeys(layers)]
+        except AttributeError as exc:
+            raise ValueError(f"the UNet has no module {exc}; layers are names such as up_blocks.2.attentions.1") from None
+        try:
+            self.c.unet(noisy.contiguous(memory_format=self.memory_format), t, encoder_hidden_states=context)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [n for n in layers if n not in got]
+        if missing:
+            raise RuntimeError(f"UNet forward ended before {missing[0]} ran")
+        return [got[n] for n in layers]
+
     def busy_seconds(self) -> float:
         """GPU time of the UNet calls recorded in :attr:`events` (synchronises)."""
         if not self.events:

@@ -98,6 +98,8 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
         return tiny_components(seed)
     if model_id == "random-sd21":
         return random_sd21(seed)
+    if model_id == "random-sd15":
+        return random_sd15(seed)
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "10")
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
     local = Path(model_id).expanduser()
@@ -170,3 +172,37 @@ def random_sd21(seed: int = 0) -> SDComponents:
     for m in (vae, unet, text):
         m.eval().requires_grad_(False)
     return SDComponents(vae=vae, unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, model_id="random-sd21")
+
+
+def random_sd15(seed: int = 0) -> SDComponents:
+    """The SD-1.5 (512, epsilon prediction, CLIP ViT-L text width 768) architecture with random
+    weights, for timing and FLOP counts of the SD-1.5 baselines (SD+DINO, GeoAware-SC)."""
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, sample_size=512, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280), attention_head_dim=8, cross_attention_dim=768,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    )
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    ))
+    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                          beta_end=0.012, prediction_type="epsilon")
+    for m in (vae, unet, text):
+        m.eval().requires_grad_(False)
+    return SDComponents(vae=vae, unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, model_id="random-sd15")

@@ -602,8 +602,9 @@ class GeoAwareZeroShotMatcher(SDFrameMatcher):
         if self.config.head and "head" not in out:
             from benchmarks.fingerprint import file_digest
 
+            path = _head_file(self.config.head)
             try:
-                out["head"] = file_digest(__import__("pathlib").Path(self.config.head), {})
+                out["head"] = file_digest(path, {})
             except OSError as exc:
                 raise MatcherError(f"{self.config.head}: cannot read the GeoAware head checkpoint ({exc.strerror or exc})") from None
         return out
@@ -671,15 +672,20 @@ class AggregationHead(torch.nn.Module):
         return sum(w[i] * blk(x[None].float())[0] for i, (blk, x) in enumerate(zip(self.blocks, parts)))
 
 
-def load_head(path: str, device) -> AggregationHead:
-    """An :class:`AggregationHead` state dict from ``path`` (``torch.load`` with ``weights_only``);
-    a missing file or a state dict that does not fit is a one-line :class:`MatcherError`."""
+def _head_file(path: str):
     from pathlib import Path
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise MatcherError(f"{path}: no GeoAware head checkpoint there (the supervised post-processor, e.g. "
                            "results_spair/best_856.PTH of the GeoAware-SC release); set head= to its path or leave it empty")
+    return p
+
+
+def load_head(path: str, device) -> AggregationHead:
+    """An :class:`AggregationHead` state dict from ``path`` (``torch.load`` with ``weights_only``);
+    a missing file or a state dict that does not fit is a one-line :class:`MatcherError`."""
+    p = _head_file(path)
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -1,0 +1,287 @@
+"""The padded-frame baselines (dinov2, sd-dino, geoaware-zs): frame geometry, the mapping back to
+pixels on known transforms of real images, sliding windows, joint PCA, test-time options, the
+GeoAware head file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from benchmarks import registry
+from benchmarks.matchers.base import MatcherError, Pair
+from sd4match import zeroshot as Z
+
+from .conftest import shared
+
+
+# ----------------------------------------------------------------------------------------------- frame
+@pytest.mark.parametrize("W,H,S", [(500, 375, 840), (375, 500, 840), (300, 300, 840), (333, 500, 960), (7, 3, 14)])
+def test_square_layout_and_round_trip(W, H, S):
+    s, ox, oy, nw, nh = Z.square_layout(W, H, S)
+    assert max(nw, nh) == S and abs(min(nw, nh) - S * min(W, H) / max(W, H)) <= 0.5
+    assert (ox, oy) == ((S - nw) // 2, (S - nh) // 2)
+    pts = np.array([[0.0, 0.0], [W - 1.0, H - 1.0], [W / 3, H / 7]])
+    np.testing.assert_allclose(Z.from_frame(Z.to_frame(pts, W, H, S), W, H, S), pts, atol=1e-9)
+
+
+def test_canvas_is_the_lanczos_resize_pasted_centred():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    img = torch.from_numpy(u8).permute(2, 0, 1).float() / 255
+    canvas = (Z.square_canvas(img, 40) * 255).round().byte().permute(1, 2, 0).numpy()
+    small = np.asarray(Image.fromarray(u8).resize((40, 24), Image.Resampling.LANCZOS))
+    assert (canvas[:8] == 0).all() and (canvas[32:] == 0).all()
+    np.testing.assert_array_equal(canvas[8:32], small)
+    edge = (Z.square_canvas(img, 40, pad="edge") * 255).round().byte().permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(edge[0], small[0])
+    mirrored = Z.square_canvas(img, 40, flip=True)
+    torch.testing.assert_close(mirrored, Z.square_canvas(img, 40).flip(-1))
+
+
+def test_window_offsets_and_assembly():
+    assert Z.window_offsets(960, 512) == [0, 448]
+    assert Z.window_offsets(512, 512) == [0] and Z.window_offsets(960, 0) == [0]
+    # a map that is a function of the absolute cell position survives cropping into windows and averaging
+    full = torch.arange(60 * 60, dtype=torch.float32).reshape(1, 60, 60)
+    offs = Z.window_offsets(960, 512)  # stride 16: windows of 32 cells at 0 and 28
+    wins = torch.stack([full[:, y // 16:y // 16 + 32, x // 16:x // 16 + 32] for y in offs for x in offs])
+    torch.testing.assert_close(Z._assemble(wins, offs, 512, 960), full)
+
+
+def test_co_pca_keeps_pairwise_geometry():
+    """Projecting both images on the joint principal directions of full rank keeps every distance."""
+    g = torch.Generator().manual_seed(0)
+    src = tuple(torch.randn(c, m, m, generator=g) for c, m in ((12, 2), (10, 4), (6, 8)))
+    trg = tuple(torch.randn(c, m, m, generator=g) for c, m in ((12, 2), (10, 4), (6, 8)))
+    a, b = Z.co_pca(src, trg, [8, 10, 6], "exact", torch.Generator().manual_seed(1))
+    assert a.shape == b.shape == (6 + 10 + 8, 8, 8)
+    x = torch.cat([src[2].reshape(6, -1), trg[2].reshape(6, -1)], 1).T  # s3 at full rank: distances kept
+    y = torch.cat([a[:6].reshape(6, -1), b[:6].reshape(6, -1)], 1).T
+    exact = "donot_use_mm_for_euclid_dist"
+    torch.testing.assert_close(torch.cdist(x, x, compute_mode=exact), torch.cdist(y, y, compute_mode=exact),
+                               rtol=1e-4, atol=1e-4)
+    lo1 = Z.co_pca(src, trg, [4, 4, 4], "lowrank", torch.Generator().manual_seed(1))
+    lo2 = Z.co_pca(src, trg, [4, 4, 4], "lowrank", torch.Generator().manual_seed(1))
+    torch.testing.assert_close(lo1[0], lo2[0])  # seeded: repeatable
+
+
+# ----------------------------------------------------------------------------------------------- weight-free stand-ins
+def colour_cells(x: torch.Tensor, g: int, r: int = 4) -> torch.Tensor:
+    """``(B, 3, S, S)`` -> ``(B, 3 (2r+1)^2, g, g)`` normalised colour neighbourhoods of the g x g cells."""
+    cells = F.adaptive_avg_pool2d(x.float(), g)
+    patches = F.unfold(F.pad(cells, (r,) * 4, mode="replicate"), 2 * r + 1)
+    patches = F.normalize(patches - patches.mean(1, keepdim=True), dim=1)
+    return patches.reshape(x.shape[0], -1, g, g)
+
+
+class _Dino(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+def _fake_tokens(model, pixels, layer, norm):
+    g = pixels.shape[-1] // 14
+    return colour_cells(pixels, g).flatten(2).transpose(1, 2)
+
+
+class _FakeSD:
+    """Stands in for the SD featurizer: the 'latent' is the image pooled by 8, every layer a colour
+    descriptor of the window at strides 64, 32 and 16 (so windows, averaging and grids all run)."""
+
+    class c:  # noqa: N801 - mirrors SDFeaturizer.c
+        class vae:  # noqa: N801
+            class config:  # noqa: N801
+                scaling_factor = 1.0
+
+        class scheduler:  # noqa: N801
+            @staticmethod
+            def add_noise(lat, noise, t):
+                return lat
+
+    def posterior(self, x):
+        lat = F.avg_pool2d(x.float(), 8)
+        return torch.cat([lat, lat.mean(1, keepdim=True)], 1), None
+
+    def encode_text(self, prompts):
+        return torch.zeros(len(prompts), 77, 4)
+
+    def layer_features(self, noisy, t, ctx, layers):
+        img = noisy[:, :3]
+        m = img.shape[-1]
+        return [colour_cells(img, m // 8, 1), colour_cells(img, m // 4, 2), colour_cells(img, m // 2)]
+
+    def close(self):
+        pass
+
+
+def _stand_ins(monkeypatch, matcher):
+    monkeypatch.setattr(Z, "block_tokens", _fake_tokens)
+    monkeypatch.setattr(Z, "load_dino", lambda model_id, seed=0: (_Dino(), None))
+    if isinstance(matcher, Z.SDFrameMatcher):
+        matcher._sd = _FakeSD()
+    return matcher
+
+
+SMALL = {"image_size": 672, "dino_id": "tiny"}  # 48 x 48 cells
+SMALL_SD = {**SMALL, "model_id": "tiny", "sd_size": 768, "window": 512}  # s3: 48 x 48 cells, 2 x 2 windows
+
+
+def _transformed_pairs(tmp_path, every=5):
+    """Crops + translations + scalings of real PF-Willow images (as for the dense base, with isotropic
+    scalings: an aspect change is undone by the dense base's square resize but not by a padded frame,
+    and colour descriptors do not survive it)."""
+    base = shared("PF-WILLOW", "PF-dataset")
+    pairs, gts = [], []
+    for n, path in enumerate(sorted(base.glob("*/*.png"))[::every]):
+        im = Image.open(path).convert("RGB")
+        W, H = im.size
+        pts = scipy.io.loadmat(str(path.with_suffix(".mat")))["pts_coord"].T
+        a = (0, 0, int(0.8 * W), int(0.8 * H))
+        dx, dy = (int(0.12 * W), int(0.07 * H)) if n % 2 else (int(0.05 * W), int(0.15 * H))
+        b = (dx, dy, dx + a[2], dy + a[3])
+        k = [(1.4, 1.4), (0.7, 0.7), (1.0, 1.0)][n % 3]  # isotropic: the padded frame undoes the scale
+        src, trg = im.crop(a), im.crop(b)
+        tw, th = int(trg.width * k[0]), int(trg.height * k[1])
+        trg = trg.resize((tw, th), Image.BICUBIC)
+        src.save(tmp_path / f"{n}s.png")
+        trg.save(tmp_path / f"{n}t.png")
+        ok = (pts[:, 0] >= b[0] + 10) & (pts[:, 0] < a[2] - 10) & (pts[:, 1] >= b[1] + 10) & (pts[:, 1] < a[3] - 10)
+        sp = pts[ok]
+        if len(sp) == 0:
+            continue
+        tp = (sp - [b[0], b[1]]) * [tw / (b[2] - b[0]), th / (b[3] - b[1])]
+        row = {"pair_id": str(n), "dataset": "pf-willow", "category": "car", "src_image": f"{n}s.png",
+               "trg_image": f"{n}t.png", "src_kps": sp.tolist(), "trg_kps": tp.tolist(), "kps_ids": list(range(len(sp))),
+               "src_width": src.width, "src_height": src.height, "trg_width": tw, "trg_height": th}
+        pairs.append(Pair(row, tmp_path))
+        gts.append(tp)
+    return pairs, gts
+
+
+def _pck(pairs, gts, preds, alpha=0.05):
+    return np.concatenate([np.linalg.norm(pr - g, axis=1) <= alpha * max(p.trg_size)
+                           for p, g, pr in zip(pairs, gts, preds)]).mean()
+
+
+@pytest.mark.parametrize("name,settings", [
+    ("dinov2", {**SMALL, "readout": "nn,geoaware-soft-argmax"}),
+    ("sd-dino", {**SMALL_SD, "pca_dims": "16,16,16"}),
+    ("geoaware-zs", {**SMALL_SD, "readout": "nn,geoaware-soft-argmax"}),
+])
+def test_geometry_known_transforms(name, settings, tmp_path, monkeypatch):
+    """Each matcher's whole mapping (padded frames at both sizes, source cell, windows, readouts,
+    cell centres, back to pixels) with weight-free colour descriptors in place of the networks:
+    PCK@0.05 >= 0.9 on known crops/scalings of real images, no bias beyond a sixth of a cell (a
+    half-cell slip in the centre or the padding offset would fail it), and an x/y swap fails."""
+    pairs, gts = _transformed_pairs(tmp_path)
+    assert len(pairs) >= 15
+    m = _stand_ins(monkeypatch, registry.load_class(name).from_settings(None, **settings))
+    out = m.predict(pairs)
+    for readout, preds in out.items():
+        assert _pck(pairs, gts, preds) >= 0.9, f"{name} {readout}: PCK@0.05 {_pck(pairs, gts, preds):.3f}"
+        err = np.concatenate([(pr - g) * 672 / max(p.trg_size) for p, g, pr in zip(pairs, gts, preds)])  # frame px
+        good = np.linalg.norm(err, axis=1) < 28
+        assert (np.abs(np.median(err[good], axis=0)) < 14 / 6).all(), f"{name} {readout}: bias {np.median(err[good], 0)}"
+    assert _pck(pairs, gts, [pr[:, ::-1] for pr in next(iter(out.values()))]) < 0.5
+    # the centre setting moves every prediction by its difference, in frame pixels
+    m2 = _stand_ins(monkeypatch, registry.load_class(name).from_settings(None, **settings, centre=m.config.centre + 3.5))
+    shift = [b - a for a, b in zip(next(iter(out.values())), next(iter(m2.predict(pairs).values())))]
+    for p, d in zip(pairs, shift):
+        np.testing.assert_allclose(d, 3.5 / (672 / max(p.trg_size)), rtol=1e-4)
+
+
+def test_adaptive_flip_on_a_mirrored_target(tmp_path, monkeypatch):
+    """Target = the source mirrored. A mirrored object's left keypoints are the source's right ones
+    mirrored, so the truth for id i is the mirror of its partner's source position. The plain match
+    finds the partner's place; flip=adaptive-mnn (mutual-NN criterion picks the mirrored source)
+    finds the right one for every keypoint whose partner is annotated; recorded as the run's tta."""
+    path = shared("PF-WILLOW", "PF-dataset", "car(G)", "Cars_006a.png")
+    im = Image.open(path).convert("RGB")
+    W, H = im.size
+    im.save(tmp_path / "s.png")
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "t.png")
+    pts = scipy.io.loadmat(str(path.with_suffix(".mat")))["pts_coord"].T[:8]
+    ids = [0, 1, 2, 3, 4, 5, 6, 9]  # cat: (0,1) (2,3) (4,5) swap; 6's partner 7 is not annotated; 9's is 10
+    mate = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4}
+    mirror = lambda xy: np.stack([W - 1 - xy[:, 0], xy[:, 1]], 1)  # noqa: E731
+    trg = np.stack([mirror(pts[[ids.index(mate.get(i, i))]])[0] for i in ids])
+    row = {"pair_id": "m", "dataset": "spair-71k", "category": "cat", "src_image": "s.png", "trg_image": "t.png",
+           "src_kps": pts.tolist(), "trg_kps": trg.tolist(), "kps_ids": ids, "src_width": W, "src_height": H,
+           "trg_width": W, "trg_height": H}
+    pair = Pair(row, tmp_path)
+    plain = _stand_ins(monkeypatch, registry.load_class("dinov2").from_settings(None, **SMALL))
+    flip = _stand_ins(monkeypatch, registry.load_class("dinov2").from_settings(None, **SMALL, flip="adaptive-mnn"))
+    assert plain.tta == "none" and flip.tta == "flip=adaptive-mnn"
+    got_plain, got_flip = plain.predict([pair])["nn"][0], flip.predict([pair])["nn"][0]
+    ok = lambda pr: np.linalg.norm(pr - trg, axis=1) <= 0.05 * max(W, H)  # noqa: E731
+    swapped = np.array([i in mate for i in ids])
+    assert ok(got_flip)[swapped].all() and not ok(got_plain)[swapped].any()
+    np.testing.assert_array_equal(got_flip[~swapped], got_plain[~swapped])  # partner not annotated: unchanged
+
+
+def test_flip_needs_a_left_right_table(tmp_path, monkeypatch):
+    pairs, _ = _transformed_pairs(tmp_path, every=40)
+    m = _stand_ins(monkeypatch, registry.load_class("dinov2").from_settings(None, **SMALL, flip="adaptive-mnn"))
+    with pytest.raises(MatcherError, match="no left/right keypoint table for dataset 'pf-willow'"):
+        m.predict(pairs[:1])
+
+
+def test_mnn_searches_only_mutual_cells():
+    m = registry.load_class("dinov2").from_settings("tiny", mnn=True)
+    deg = torch.deg2rad(torch.tensor([0.0, 25.8, 180.0, 180.0]))
+    a = torch.stack([deg.cos(), deg.sin()]).reshape(2, 2, 2)  # source cells a0 .. a3
+    deg = torch.deg2rad(torch.tensor([20.0, -30.0, 180.0, 180.0]))
+    b = torch.stack([deg.cos(), deg.sin()]).reshape(2, 2, 2)  # b0's best source is a1, b1's is a0
+    cells = np.array([[0, 0], [0, 1]])  # a0, a2
+    plain = registry.load_class("dinov2").from_settings("tiny")._match(a, b, cells)["nn"]
+    mutual = m._match(a, b, cells)["nn"]
+    assert plain[0].tolist() == [0, 0] and mutual[0].tolist() == [1, 0]  # a0: b0 plain, b1 mutual
+    assert plain[1].tolist() == mutual[1].tolist() == [0, 1]  # a2 <-> b2 is mutual already
+    assert m.tta == "mnn"
+
+
+# ----------------------------------------------------------------------------------------------- settings, head
+def test_frame_matchers_refuse_grid_readouts_and_bad_settings():
+    from benchmarks.matchers.base import ConfigError
+
+    cls = registry.load_class("dinov2")
+    with pytest.raises(ConfigError, match="not offered in the padded frame"):
+        cls.from_settings("tiny", readout="kernel-soft-argmax")
+    with pytest.raises(ConfigError, match="flip must be one of"):
+        cls.from_settings("tiny", flip="always")
+    with pytest.raises(ConfigError, match="multiple of DINOv2's 14-pixel patch"):
+        cls.from_settings("tiny", image_size=100)
+    with pytest.raises(ConfigError, match="captioner must be 'none'"):
+        registry.load_class("sd-dino").from_settings("tiny", captioner="odise")
+
+
+def test_geoaware_head_checkpoint(tmp_path):
+    cls = registry.load_class("geoaware-zs")
+    with pytest.raises(MatcherError, match="no GeoAware head checkpoint there"):
+        cls.from_settings("tiny", head=str(tmp_path / "best_856.PTH"))
+    torch.manual_seed(0)
+    good = tmp_path / "head.pt"
+    torch.save(Z.AggregationHead().state_dict(), good)
+    m = cls.from_settings("tiny", head=str(good))
+    parts = [torch.randn(c, 4, 4) for c in (640, 1280, 1280, 768)]
+    out = m._head(parts)
+    assert out.shape == (768, 4, 4) and torch.isfinite(out).all()
+    assert "head" in m.fingerprints()
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"layer.weight": torch.zeros(3)}, wrong)
+    with pytest.raises(MatcherError, match="does not fit"):
+        cls.from_settings("tiny", head=str(wrong))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, evil)
+    with pytest.raises(MatcherError, match="cannot read the GeoAware head checkpoint"):
+        cls.from_settings("tiny", head=str(evil))

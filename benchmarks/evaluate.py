@@ -24,12 +24,12 @@ from .pck import PairArrays, aggregate, hits, per_pair
 from .protocol import Protocol, parse_alphas, protocols_for
 
 RESULT_COLUMNS = [
-    "matcher", "dataset", "split", "precision", "protocol", "threshold", "frame", "aggregate", "readout",
+    "matcher", "dataset", "split", "precision", "tta", "protocol", "threshold", "frame", "aggregate", "readout",
     "direction", "category", "alpha", "pck", "ci_low", "ci_high", "n_pairs", "n_kps", "split_pairs", "subset",
 ]
 #: the bootstrap behind ``ci_low`` / ``ci_high``: pairs resampled with replacement, percentile interval
 BOOTSTRAP = {"resamples": 1000, "seed": 0, "level": 0.95}
-BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:10] + ["category", "breakdown", "level", "alpha", "pck", "n_pairs", "n_kps",
+BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:11] + ["category", "breakdown", "level", "alpha", "pck", "n_pairs", "n_kps",
                                                    "split_pairs", "subset"]
 PER_PAIR_COLUMNS = ["pair_id", "category", "readout", "protocol", "threshold", "frame", "alpha", "fraction_correct", "n_kps"]
 
@@ -62,7 +62,7 @@ def bootstrap_interval(W: np.ndarray, correct: np.ndarray, counts: np.ndarray, h
 
 def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
     return {
-        "precision": "no-model", "split_pairs": None, "subset": "all", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
+        "precision": "no-model", "tta": "none", "split_pairs": None, "subset": "all", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
         "aggregate": proto.aggregate, "readout": readout, "direction": proto.direction, **kw,
     }
 
@@ -173,7 +173,7 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, protocol_names: list[str] | None,
                   matcher: str, layout: str | None = None, precision: str = "unknown",
-                  alphas: tuple[float, ...] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  alphas: tuple[float, ...] | None = None, tta: str = "unknown") -> tuple[pd.DataFrame, pd.DataFrame]:
     import loaders
 
     from . import predictions as P
@@ -184,7 +184,7 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
     protos = protocols_for(dataset, protocol_names, alphas)
     subset = "all" if rows.num_rows == table.num_rows else f"{rows.num_rows} predicted"
     return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision,
-                                       "split_pairs": table.num_rows, "subset": subset})
+                                       "tta": tta, "split_pairs": table.num_rows, "subset": subset})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
               "(a run's own results are never replaced silently)", file=sys.stderr)
         return 2
     matcher = args.matcher
-    precision = "unknown"
+    precision = tta = "unknown"
     run_json = args.predictions.parent / "run.json"
     if run_json.is_file():
         try:
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(record, dict):
                 matcher = matcher or record.get("matcher")
                 precision = str(record.get("precision") or precision)
+                tta = str(record.get("tta") or "none")
         except (json.JSONDecodeError, OSError, UnicodeDecodeError):
             pass
     try:
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         args.data_root = loaders.api.ensure_root(args.dataset, args.data_root)
         results, breakdowns = evaluate_file(args.predictions, args.dataset, args.data_root, args.split,
                                             args.protocol, matcher or "unknown", args.layout, precision,
-                                            parse_alphas(args.alphas) if args.alphas else None)
+                                            parse_alphas(args.alphas) if args.alphas else None, tta)
         write_text(out / "results.csv", to_csv_text(results))
         write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
     except (DatasetError, PredictionError, ValueError) as exc:

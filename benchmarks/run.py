@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", dest="cache_dir", default=None, help="feature cache folder")
     p.add_argument("--readout", default=None, help="comma-separated readouts to compute")
     p.add_argument("--checkpoint", default=None, help="learned prompt checkpoint (SD4Match matchers)")
+    p.add_argument("--tta", default=None,
+                   help="test-time options, comma-separated: flip (adaptive pose alignment, mutual-NN criterion), mnn "
+                        "(mutual-nearest-neighbour search), none (default); padded-frame matchers only; recorded")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other matcher setting")
     p.add_argument("--shard-size", dest="shard_size", type=int, default=None,
                    help="pairs per saved shard (the resume and multi-process unit; default max(256, batch))")
@@ -114,8 +117,22 @@ def list_matchers() -> str:
     return "\n".join(f"{n:<{width}}  {registry.describe(n)}" for n in table)
 
 
+#: ``--tta`` words -> the matcher settings they stand for
+TTA = {"flip": ("flip", "adaptive-mnn"), "mnn": ("mnn", "true")}
+
+
 def _overrides(args) -> dict:
-    return parse_settings({flag: getattr(args, flag) for flag in SETTING_FLAGS}, args.set)
+    out = parse_settings({flag: getattr(args, flag) for flag in SETTING_FLAGS}, args.set)
+    if args.tta is not None:
+        words = [w.strip() for w in str(args.tta).split(",") if w.strip()]
+        bad = [w for w in words if w not in (*TTA, "none")]
+        if bad or not words or ("none" in words and len(words) > 1):
+            raise RunError(f"--tta must be 'none' or a comma-separated subset of {', '.join(TTA)}, got {args.tta!r}")
+        for w in words:
+            if w in TTA:
+                key, value = TTA[w]
+                out[key] = value
+    return out
 
 
 def _chunks(n: int, size: int):
@@ -336,6 +353,9 @@ def run(args) -> Path:
     overrides = _overrides(args)
     if world > 1 and str(overrides.get("device", "")).strip() == "cuda":
         overrides["device"] = f"cuda:{local_rank}"  # one GPU per rank
+    if args.tta not in (None, "none") and "flip" not in getattr(cls.Config, "__dataclass_fields__", {}):
+        raise RunError(f"--tta: matcher {args.matcher!r} has no test-time options (they belong to the padded-frame "
+                       "matchers: dinov2, sd-dino, geoaware-zs)")
     matcher = cls.from_settings(args.preset, **overrides)
     keyed = {k: v for k, v in dataclasses.asdict(matcher.config).items() if k != "device"}
     fingerprints = matcher.fingerprints() if hasattr(matcher, "fingerprints") else {}
@@ -408,8 +428,9 @@ def run(args) -> Path:
     rows, xy = P.align(pred, table, source=str(out / "predictions.parquet"))
     t2 = time.perf_counter()
     precision = matcher.describe().get("precision", "no-model")
+    tta = matcher.describe().get("tta", "none")
     meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split, "precision": precision,
-            "split_pairs": split_pairs, "subset": subset}
+            "tta": tta, "split_pairs": split_pairs, "subset": subset}
     results, breakdowns = evaluate(rows, xy, protocols, meta)
     t_eval = time.perf_counter() - t2
 
@@ -438,6 +459,7 @@ def run(args) -> Path:
         "seed": getattr(matcher.config, "seed", None),
         "device": matcher.describe().get("device", "cpu"),
         "precision": precision,
+        "tta": tta,
         "matcher_info": matcher.describe(),
         "matcher_source": matcher_source(cls),
         "versions": package_versions(),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from loaders.atomic import atomic_path, write_text
 
-KEY = ["kind", "method", "run", "split", "precision", "protocol", "frame", "threshold", "aggregate", "readout"]
+KEY = ["kind", "method", "run", "split", "precision", "tta", "protocol", "frame", "threshold", "aggregate", "readout"]
 
 
 class LeaderboardError(ValueError):
@@ -38,6 +38,7 @@ def read_reported(path: str | Path | None = None) -> pd.DataFrame:
     if "precision" not in df.columns:
         df["precision"] = "unknown"
     df["precision"] = df["precision"].fillna("unknown").astype(str)
+    df["tta"] = df["tta"].fillna("none").astype(str) if "tta" in df.columns else "none"
     return df
 
 
@@ -89,6 +90,8 @@ def read_run(run_dir: str | Path) -> pd.DataFrame:
     if "precision" not in df.columns:  # results written before precision was recorded
         df["precision"] = "unknown"
     df["precision"] = df["precision"].fillna("unknown").astype(str)
+    # results written before test-time options existed used none
+    df["tta"] = df["tta"].fillna("none").astype(str) if "tta" in df.columns else "none"
     df["kind"] = "measured"
     df["run"] = f"{run_dir.name}" + (f" [{chash}]" if chash and chash not in run_dir.name else "")
     df["note"] = ""
@@ -189,6 +192,19 @@ def headline(d: pd.DataFrame, alpha: float = 0.1, all_readouts: bool = False) ->
     return d.merge(k, on=list(k.columns))
 
 
+#: what makes one line (one bar series) of a plot
+LINE = ["kind", "method", "readout", "tta", "run"]
+
+
+def _label(key: tuple, all_keys: list) -> str:
+    """A line's legend: method (readout), its test-time options, [reported]; the run's name only
+    where two lines would otherwise read the same."""
+    kind, method, readout, tta, run = key
+    text = f"{method}" + (f" ({readout})" if readout != "none" else "") + (f" tta {tta}" if tta not in ("none", "") else "")
+    twins = [k for k, _ in all_keys if k[:4] == key[:4]]
+    return text + (f" {run}" if len(twins) > 1 else "") + (" [reported]" if kind == "reported" else "")
+
+
 def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_readouts: bool = False) -> list[Path]:
     """PCK against alpha, one panel per protocol table and one line per method (its best readout at
     ``alpha`` unless ``all_readouts``); per-category bars at ``alpha`` for the protocol table with the
@@ -207,9 +223,10 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
     colors = plt.get_cmap("tab10").colors
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 4.2), squeeze=False)
     for ax, ((frame, threshold, aggregate), g) in zip(axes[0], groups):
-        for i, ((kind, method, readout), h) in enumerate(g.groupby(["kind", "method", "readout"], sort=True)):
+        lines = list(g.groupby(LINE, sort=True))
+        for i, (key, h) in enumerate(lines):
             h = h.sort_values("alpha")
-            label = f"{method}" + (f" ({readout})" if readout != "none" else "") + (" [reported]" if kind == "reported" else "")
+            kind, label = key[0], _label(key, lines)
             ax.plot(h["alpha"], h["pck"] * 100, "--o" if kind == "reported" else "-o", color=colors[i % len(colors)],
                     label=label, markersize=4)
         ax.set_title(f"frame {frame}, T = {threshold}\naggregate {aggregate}", fontsize=9)
@@ -231,12 +248,13 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
                   key=lambda kv: kv[1][["kind", "method"]].drop_duplicates().shape[0])[0]
         c = c[(c["frame"] == key[0]) & (c["threshold"] == key[1]) & (c["aggregate"] == key[2])]
         cats = sorted(set(c["category"]))
-        bars = list(c.groupby(["kind", "method", "readout"], sort=True))
+        bars = list(c.groupby(LINE, sort=True))
         fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(cats) * max(1, len(bars)) ** 0.5 + 3), 4.6))
         width = 0.8 / max(1, len(bars))
-        for i, ((kind, method, readout), g) in enumerate(bars):
+        for i, (key, g) in enumerate(bars):
+            kind = key[0]
             vals = g.set_index("category")["pck"].reindex(cats) * 100  # a missing category: no bar, not 0
-            label = f"{method}" + (f" ({readout})" if readout != "none" else "") + (" [reported]" if kind == "reported" else "")
+            label = _label(key, bars)
             ax.bar([j + i * width for j in range(len(cats))], vals, width, label=label, color=colors[i % len(colors)],
                    hatch="//" if kind == "reported" else None)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])

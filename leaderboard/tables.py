@@ -15,7 +15,7 @@ import io
 
 import pandas as pd
 
-ROW = ["kind", "method", "readout", "precision", "run"]
+ROW = ["kind", "method", "readout", "precision", "tta", "run"]
 PROTO = ["frame", "threshold", "aggregate"]
 
 
@@ -57,7 +57,7 @@ def protocol_table(d: pd.DataFrame, key: tuple, alpha: float) -> pd.DataFrame:
     table["note"] = alls["note"].reindex(table.index).fillna("")
     table = table.reset_index()
     table["kind"] = pd.Categorical(table["kind"], ["measured", "reported"], ordered=True)
-    return table.sort_values(["kind", "method", "readout", "precision", "run"], kind="mergesort").reset_index(drop=True).astype(
+    return table.sort_values(["kind", "method", "readout", "precision", "tta", "run"], kind="mergesort").reset_index(drop=True).astype(
         {"kind": str})
 
 

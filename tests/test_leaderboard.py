@@ -45,7 +45,7 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     assert m["all@0.1"].item() == round(r.pck.item() * 100, 1)
     # paper-style tables: one per protocol, its protocol in the caption, presets with equal numbers merged
     paper = pd.read_csv(out / "spair-71k.csv")
-    assert list(paper.columns[:6]) == ["table", "kind", "method", "readout", "precision", "run"]
+    assert list(paper.columns[:7]) == ["table", "kind", "method", "readout", "precision", "tta", "run"]
     assert {"All", "All +-", "pairs", "aeroplane", "tvmonitor"} <= set(paper.columns)
     tables = sorted(set(paper.table))
     # image (dift = original), point (dift = original), category, resized-768 image, and GeoAware-SC's published

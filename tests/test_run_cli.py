@@ -97,7 +97,7 @@ def test_run_bad_values(spair_root, tmp_path, capsys, argv, msg):
 def test_list_matchers(capsys):
     assert run_cli(["--list-matchers"]) == 0
     out = capsys.readouterr().out
-    assert "identity" in out and "dift" in out
+    assert all(name in out for name in ("identity", "dift", "dinov2", "sd-dino", "geoaware-zs"))
 
 
 def test_predictions_rejected_naming_first_bad_pair(spair_root, tmp_path, capsys):
@@ -320,3 +320,35 @@ def test_data_home_and_download(tmp_path, monkeypatch, capsys):
                     "--download"]) == 0
     assert (tmp_path / "empty" / "PF-WILLOW" / "PF-dataset" / "car(G)" / "img_000.png").is_file()
     assert pd.read_csv(tmp_path / "c" / "results.csv").equals(pd.read_csv(tmp_path / "a" / "results.csv"))
+
+
+def test_tta_is_recorded_in_results_run_json_and_leaderboard(tmp_path, capsys):
+    from leaderboard.__main__ import main as lb_cli
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 4}, seed=5, images=True)
+    base = ["--matcher", "dinov2", "--preset", "tiny", "--dataset", "spair-71k", "--data-root", str(root), "--quiet"]
+    assert run_cli([*base, "--tta", "flip,mnn", "--out", str(tmp_path / "tta")]) == 0
+    assert run_cli([*base, "--out", str(tmp_path / "plain")]) == 0
+    res = pd.read_csv(tmp_path / "tta" / "results.csv")
+    assert set(res["tta"]) == {"flip=adaptive-mnn,mnn"}
+    assert set(pd.read_csv(tmp_path / "plain" / "results.csv")["tta"]) == {"none"}
+    record = json.loads((tmp_path / "tta" / "run.json").read_text())
+    assert record["tta"] == "flip=adaptive-mnn,mnn" and record["config"]["flip"] == "adaptive-mnn" and record["config"]["mnn"]
+    assert record["config_hash"] != json.loads((tmp_path / "plain" / "run.json").read_text())["config_hash"]
+    assert lb_cli(["build", str(tmp_path / "tta"), str(tmp_path / "plain"), "--out", str(tmp_path / "lb")]) == 0
+    board = pd.read_csv(tmp_path / "lb" / "spair-71k.csv")
+    assert {"flip=adaptive-mnn,mnn", "none"} <= set(board["tta"])
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--matcher", "dift", "--tta", "flip"], "matcher 'dift' has no test-time options"),
+    (["--matcher", "dinov2", "--tta", "rotate"], "--tta must be 'none' or a comma-separated subset of flip, mnn"),
+    (["--matcher", "dinov2", "--tta", "none,flip"], "--tta must be 'none'"),
+])
+def test_tta_bad_values(spair_root, tmp_path, capsys, argv, msg):
+    code = run_cli([*argv, "--preset", "tiny", "--dataset", "spair-71k", "--data-root", str(spair_root),
+                    "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "results.csv").exists()

@@ -48,9 +48,16 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     assert list(paper.columns[:7]) == ["table", "kind", "method", "readout", "precision", "tta", "run"]
     assert {"All", "All +-", "pairs", "aeroplane", "tvmonitor"} <= set(paper.columns)
     tables = sorted(set(paper.table))
-    # image (dift = original), point (dift = original), category, resized-768 image, and GeoAware-SC's published
-    # number under its own (partly unconfirmed) protocol
-    assert len(tables) == 5 and any("aggregate unconfirmed" in t for t in tables)
+    # image (dift = original), point (dift = original), category, resized-768 image, GeoAware-SC's published
+    # number under its own (partly unconfirmed) protocol, and the baselines' published numbers in the padded
+    # (isotropic) frame per image and per point
+    assert len(tables) == 7 and any("aggregate unconfirmed" in t for t in tables)
+    iso = [t for t in tables if "frame isotropic, threshold bbox, aggregate point" in t]
+    assert len(iso) == 1
+    dino = paper[(paper.table == iso[0]) & (paper.method == "DINOv2-B/14 NN")]
+    assert dino["All"].item() == 55.6 and dino["tvmonitor"].item() == 24.2 and dino["pairs"].item() == "published"
+    geo = paper[paper.method == "GeoAware-SC zero-shot"]
+    assert geo["tta"].item() == "flip=adaptive-mask" and geo["All"].item() == 65.4
     merged = [t for t in tables if "presets dift, original" in t and "aggregate image" in t]
     assert len(merged) == 1 and len(paper[(paper.table == merged[0]) & (paper.kind == "measured")]) == 1
     cpm_row = paper[(paper.method == "SD4Match-CPM") & paper.table.str.contains("resized-768x768")]
@@ -60,7 +67,7 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     assert "**spair-71k: PCK@0.1 (%). Protocol (presets sd4match): frame resized-768x768, threshold bbox" in md
     assert "summary, category All at every alpha" in md and "| PCK@0.05 | PCK@0.1 | PCK@0.15 |" in md
     tex = (out / "spair-71k.tex").read_text()
-    assert tex.count("\\begin{tabular}") == 6 and "\\toprule" in tex and "resized-768x768" in tex
+    assert tex.count("\\begin{tabular}") == 8 and "\\toprule" in tex and "resized-768x768" in tex
     assert "bbox\\_kp" not in tex and "\\%" in tex
     with Image.open(out / "spair-71k-pck-vs-alpha.png") as im:
         assert im.size[0] > 300

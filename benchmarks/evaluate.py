@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", type=Path, default=None, help="default: the data home's folder of --dataset")
     p.add_argument("--split", default="test")
     p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
-    p.add_argument("--protocol", action="append", help=f"preset name, repeatable (default: all of {', '.join(PRESETS)})")
+    p.add_argument("--protocol", action="append", help=f"preset name, repeatable ({', '.join(PRESETS)}; default: the dataset's papers' presets and original)")
     p.add_argument("--alphas", default=None, help="PCK thresholds, e.g. 0.01,0.05,0.1,0.15 (default 0.05,0.1,0.15)")
     p.add_argument("--matcher", default=None, help="matcher name for the rows (default: from run.json beside the file)")
     p.add_argument("--out", type=Path, default=None,

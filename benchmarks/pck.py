@@ -139,7 +139,8 @@ def hits(pairs: PairArrays, pred_xy: np.ndarray, protocol: Protocol) -> np.ndarr
     scale = np.stack([np.repeat(sx, reps), np.repeat(sy, reps)], 1)
     dist = np.linalg.norm((pred_xy - pairs.gt) * scale, axis=1)
     alphas = np.asarray(protocol.alphas)[:, None]
-    return dist[None, :] <= alphas * np.repeat(T, reps)[None, :]
+    limit = alphas * np.repeat(T, reps)[None, :]
+    return dist[None, :] < limit if protocol.strict else dist[None, :] <= limit
 
 
 def per_pair(hit: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,8 @@ DEFAULT_ALPHAS = (0.05, 0.1, 0.15)
 
 #: the threshold each dataset's papers use (SPair-71k: target bbox; PF-Pascal: target image;
 #: PF-Willow: extent of the target's valid keypoints, since it has no boxes)
-DATASET_THRESHOLD = {"spair-71k": "bbox", "pf-pascal": "img", "pf-willow": "bbox-kp"}
+DATASET_THRESHOLD = {"spair-71k": "bbox", "pf-pascal": "img", "pf-willow": "bbox-kp", "spair-u": "bbox",
+                     "ap-10k": "bbox", "cub-200-2011": "bbox"}
 
 _RESIZED = re.compile(r"^resized-(\d+)x(\d+)$")
 
@@ -47,7 +48,7 @@ class Protocol:
         aggregate: ``image`` = mean over pairs of the per-pair fraction; ``point`` = all correct
             keypoints / all keypoints; ``category`` = mean of the per-category ``image`` values.
         alphas: PCK thresholds as fractions of T; a keypoint is correct when its distance
-            is <= alpha * T.
+            is <= alpha * T (``strict``: < alpha * T, as sd-dino and GeoAware-SC count).
         direction: ``src->trg``: source keypoints are transferred to the target and compared
             with the target ground truth.
     """
@@ -58,6 +59,7 @@ class Protocol:
     aggregate: str = "image"
     alphas: tuple[float, ...] = field(default=DEFAULT_ALPHAS)
     direction: str = "src->trg"
+    strict: bool = False
 
     def __post_init__(self):
         if self.threshold not in THRESHOLDS:
@@ -89,11 +91,41 @@ def _preset_original(dataset: str) -> list[Protocol]:
     return [Protocol("original", t, "original", agg) for agg in AGGREGATES]
 
 
+def _preset_geoaware(dataset: str) -> list[Protocol]:
+    """sd-dino / GeoAware-SC: the padded square frame (isotropic: equal to the original), the dataset's
+    threshold, alphas 0.01, 0.05, 0.1 (PF-Pascal 0.05, 0.1, 0.15), strict <, per image and per point."""
+    t = DATASET_THRESHOLD[dataset]
+    alphas = (0.05, 0.1, 0.15) if dataset == "pf-pascal" else (0.01, 0.05, 0.1)
+    return [Protocol("geoaware", t, "isotropic", agg, alphas, strict=True) for agg in ("image", "point")]
+
+
+def _preset_distilldift(dataset: str) -> list[Protocol]:
+    """DistillDIFT's CUB-200-2011 evaluation: PCK@0.1 with the target box and with the target image,
+    keypoints pooled, <= (only for CUB)."""
+    if dataset != "cub-200-2011":
+        return []
+    return [Protocol("distilldift", t, "original", "point", (0.1,)) for t in ("bbox", "img")]
+
+
 PRESETS = {
     "sd4match": (_preset_sd4match, "768x768 anisotropic frame, dataset threshold, per image (SD4Match paper)"),
     "dift": (_preset_dift, "original frame, dataset threshold, per image and per point (DIFT paper)"),
     "original": (_preset_original, "original frame, dataset threshold, per image, per point, per category"),
+    "geoaware": (_preset_geoaware, "padded square frame, dataset threshold, strict <, alphas 0.01/0.05/0.1, per image "
+                                   "and per point (sd-dino, GeoAware-SC, AP-10K and SPair-U papers)"),
+    "distilldift": (_preset_distilldift, "CUB-200-2011 only: PCK@0.1, target box and target image, per point (DistillDIFT)"),
 }
+
+
+def default_presets(dataset: str) -> tuple[str, ...]:
+    """The presets a run computes when none is named: each dataset's papers' protocols and ``original``
+    (SPair-71k, PF-Pascal, PF-Willow: sd4match, dift, original; AP-10K, SPair-U: geoaware, original;
+    CUB-200-2011: distilldift, geoaware, original). Any preset can be asked for by name."""
+    if dataset in ("spair-71k", "pf-pascal", "pf-willow"):
+        return ("sd4match", "dift", "original")
+    if dataset == "cub-200-2011":
+        return ("distilldift", "geoaware", "original")
+    return ("geoaware", "original")
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
@@ -110,18 +142,21 @@ def parse_alphas(text: str) -> tuple[float, ...]:
 
 
 def protocols_for(dataset: str, names: list[str] | None = None, alphas: tuple[float, ...] | None = None) -> list[Protocol]:
-    """Expand preset names (default: all) into the protocols for ``dataset``; ``alphas`` replaces the
-    presets' thresholds (0.05, 0.1, 0.15)."""
+    """Expand preset names (default: :func:`default_presets`) into the protocols for ``dataset``;
+    ``alphas`` replaces the presets' thresholds. A preset that does not apply to the dataset is an error."""
     import dataclasses
 
     if dataset not in DATASET_THRESHOLD:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_THRESHOLD)}")
-    names = list(PRESETS) if not names else names
+    names = list(default_presets(dataset)) if not names else names
     out = []
     for n in names:
         if n not in PRESETS:
             raise ValueError(f"unknown protocol {n!r}; valid: {', '.join(PRESETS)}")
-        out.extend(PRESETS[n][0](dataset))
+        got = PRESETS[n][0](dataset)
+        if not got:
+            raise ValueError(f"protocol {n!r} does not apply to {dataset}")
+        out.extend(got)
     if alphas:
         out = [dataclasses.replace(p, alphas=tuple(alphas)) for p in out]
     return out

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", type=int, default=None,
                    help="N pairs drawn per category in proportion to the split, seeded by --seed (a partial result)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<matcher>-<dataset>-<split>-<hash>)")
-    p.add_argument("--protocol", action="append", default=None, help="protocol preset, repeatable (default: all)")
+    p.add_argument("--protocol", action="append", default=None,
+                   help="protocol preset, repeatable (sd4match, dift, original, geoaware, distilldift; default: the dataset's papers' presets and original)")
     p.add_argument("--alphas", default=None, help="PCK thresholds, e.g. 0.01,0.05,0.1,0.15 (default 0.05,0.1,0.15)")
     p.add_argument("--model-id", dest="model_id", default=None, help="hub id or local folder of the model")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")

@@ -148,3 +148,34 @@ def test_presets():
     assert {p.aggregate for p in protocols_for("spair-71k", ["original"])} == {"image", "point", "category"}
     with pytest.raises(ValueError, match="unknown protocol 'paper'; valid: sd4match, dift, original"):
         protocols_for("spair-71k", ["paper"])
+
+
+def test_geoaware_preset_is_strict_and_distilldift_is_cub_only():
+    from benchmarks.protocol import default_presets, protocols_for
+
+    geo = protocols_for("spair-71k", ["geoaware"])
+    assert [(p.frame, p.aggregate, p.alphas, p.strict) for p in geo] == [
+        ("isotropic", "image", (0.01, 0.05, 0.1), True), ("isotropic", "point", (0.01, 0.05, 0.1), True)]
+    assert protocols_for("pf-pascal", ["geoaware"])[0].alphas == (0.05, 0.1, 0.15)
+    assert protocols_for("pf-pascal", ["geoaware"])[0].threshold == "img"
+    cub = protocols_for("cub-200-2011", ["distilldift"])
+    assert {(p.threshold, p.aggregate, p.alphas, p.strict) for p in cub} == {("bbox", "point", (0.1,), False),
+                                                                            ("img", "point", (0.1,), False)}
+    with pytest.raises(ValueError, match="does not apply to spair-71k"):
+        protocols_for("spair-71k", ["distilldift"])
+    assert default_presets("ap-10k") == ("geoaware", "original") and "sd4match" in default_presets("pf-willow")
+
+
+def test_strict_comparison_excludes_the_boundary():
+    import dataclasses
+
+    from benchmarks.pck import PairArrays, hits
+    from benchmarks.protocol import Protocol
+
+    pairs = PairArrays(pair_id=np.array(["p"]), category=np.array(["c"]), gt=np.array([[0.0, 0.0], [0.0, 0.0]]),
+                       width=np.array([100.0]), height=np.array([100.0]), bbox=np.array([[0.0, 0.0, 100.0, 50.0]]),
+                       offsets=np.array([0, 2]), kps_ids=np.array([0, 1]), levels={}, keep=None)
+    pred = np.array([[10.0, 0.0], [9.0, 0.0]])  # exactly at 0.1 * 100, and inside
+    loose = Protocol("x", "bbox", alphas=(0.1,))
+    assert hits(pairs, pred, loose).tolist() == [[True, True]]
+    assert hits(pairs, pred, dataclasses.replace(loose, strict=True)).tolist() == [[False, True]]

@@ -59,7 +59,9 @@ def load_dino(model_id: str, seed: int = 0):
         cfg = Dinov2Config(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
                            use_swiglu_ffn=swiglu, image_size=518)
         return Dinov2Model(cfg).eval().requires_grad_(False), DinoSpec()
-    from transformers import AutoModel as Dinov2Model  # Dinov2Model, or Dinov2WithRegistersModel for *-with-registers
+    from transformers import (
+        AutoModel as Dinov2Model,  # Dinov2Model, or Dinov2WithRegistersModel for *-with-registers
+    )
     from transformers.utils import logging as tlog
 
     tlog.set_verbosity_error()

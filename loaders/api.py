@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import pfpascal, pfwillow, schema, spair
+from . import ap10k, cub, pfpascal, pfwillow, schema, spair, spairu
 from .atomic import write_parquet
 from .errors import DatasetError
 
@@ -19,8 +19,14 @@ READERS = {
     "spair-71k": spair,
     "pf-pascal": pfpascal,
     "pf-willow": pfwillow,
+    "spair-u": spairu,
+    "ap-10k": ap10k,
+    "cub-200-2011": cub,
 }
-SPLITS_OF = {"spair-71k": ("trn", "val", "test"), "pf-pascal": ("trn", "val", "test"), "pf-willow": ("test",)}
+SPLITS_OF = {"spair-71k": ("trn", "val", "test"), "pf-pascal": ("trn", "val", "test"), "pf-willow": ("test",),
+             "spair-u": ("test",), "ap-10k": ap10k.SPLITS, "cub-200-2011": cub.SPLITS}
+#: datasets whose reader takes a layout: name -> (valid layouts, default)
+LAYOUTS_OF = {"spair-71k": (spair.LAYOUTS, "large"), "spair-u": (tuple(spairu.LAYOUTS), "marco")}
 
 
 def default_cache_dir() -> Path:
@@ -30,7 +36,8 @@ def default_cache_dir() -> Path:
 
 
 #: folder of each dataset under the data home (the names the official archives and ../shared/data use)
-DATA_FOLDERS = {"spair-71k": "SPair-71k", "pf-pascal": "PF-PASCAL", "pf-willow": "PF-WILLOW"}
+DATA_FOLDERS = {"spair-71k": "SPair-71k", "pf-pascal": "PF-PASCAL", "pf-willow": "PF-WILLOW",
+                "spair-u": "SPair-71k", "ap-10k": "AP-10K", "cub-200-2011": "CUB-200-2011"}
 
 
 def data_home() -> Path:
@@ -72,10 +79,10 @@ def check_names(dataset: str, split: str, layout: str | None = None) -> None:
         raise DatasetError(f"unknown dataset {dataset!r}{hint}; valid: {', '.join(READERS)}")
     if split not in SPLITS_OF[dataset]:
         raise DatasetError(f"unknown split {split!r} for {dataset}; valid: {', '.join(SPLITS_OF[dataset])}")
-    if layout is not None and dataset != "spair-71k":
-        raise DatasetError(f"--layout applies to spair-71k only, not {dataset}")
-    if layout is not None and layout not in spair.LAYOUTS:
-        raise DatasetError(f"unknown SPair-71k layout {layout!r}; valid: {', '.join(spair.LAYOUTS)}")
+    if layout is not None and dataset not in LAYOUTS_OF:
+        raise DatasetError(f"--layout applies to {' and '.join(LAYOUTS_OF)} only, not {dataset}")
+    if layout is not None and layout not in LAYOUTS_OF[dataset][0]:
+        raise DatasetError(f"unknown {dataset} layout {layout!r}; valid: {', '.join(LAYOUTS_OF[dataset][0])}")
 
 
 #: what a reader may raise on hostile input besides DatasetError; turned into a one-line DatasetError
@@ -94,7 +101,7 @@ def _guarded(what: str, fn, *args, **kwargs):
 
 
 def _reader_kwargs(dataset: str, layout: str | None) -> dict:
-    return {"layout": layout or "large"} if dataset == "spair-71k" else {}
+    return {"layout": layout or LAYOUTS_OF[dataset][1]} if dataset in LAYOUTS_OF else {}
 
 
 def source_files(dataset: str, root: str | os.PathLike, split: str, layout: str | None = None) -> list[Path]:

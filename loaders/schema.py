@@ -15,9 +15,11 @@ coordinates are the integer pixels of its JSON files, stored as float32.
 Columns
 -------
 pair_id            string   unique within (dataset, split)
-dataset            string   "spair-71k" | "pf-pascal" | "pf-willow"
-split              string   "trn" | "val" | "test"
-category           string   object class (PF-Willow: car, duck, motorbike, winebottle)
+dataset            string   "spair-71k" | "pf-pascal" | "pf-willow" | "spair-u" | "ap-10k" | "cub-200-2011"
+split              string   "trn" | "val" | "test"; AP-10K also "test-cross-species", "test-cross-family" (and
+                            "val-..."), CUB-200-2011 "test-distilldift" (the pair protocol is in the name)
+category           string   object class (PF-Willow: car, duck, motorbike, winebottle; AP-10K: species,
+                            family for cross-species, "all" for cross-family; CUB: the class folder)
 subset             string   PF-Willow subset such as "car(G)"; null elsewhere
 src_image          string   path of the source image relative to the dataset root
 trg_image          string   path of the target image relative to the dataset root
@@ -38,7 +40,7 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 1
 
-DATASETS = ("spair-71k", "pf-pascal", "pf-willow")
+DATASETS = ("spair-71k", "pf-pascal", "pf-willow", "spair-u", "ap-10k", "cub-200-2011")
 SPLITS = ("trn", "val", "test")
 
 KP_TYPE = pa.list_(pa.list_(pa.float32(), 2))

@@ -56,8 +56,8 @@ def read_layout(root: Path, split: str, layout: str = "large") -> list[str]:
     return names
 
 
-def annotation_files(root: Path, split: str, names: list[str]) -> list[Path]:
-    base = Path(root) / "PairAnnotation" / split
+def annotation_files(root: Path, split: str, names: list[str], folder: str = "PairAnnotation") -> list[Path]:
+    base = Path(root) / folder / split
     return [base / f"{n}.json" for n in names]
 
 
@@ -88,11 +88,22 @@ def _size(ann: dict, key: str, path: Path) -> tuple[int, int]:
 LEVELS = {"viewpoint_variation": range(3), "scale_variation": range(3), "truncation": range(4), "occlusion": range(4)}
 
 
-def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.pa.Table:
-    """Read one split of SPair-71k into a table in :data:`loaders.schema.SCHEMA`."""
+def load(root: str | os.PathLike, split: str, layout: str = "large", *, folder: str = "PairAnnotation",
+         dataset: str = "spair-71k", subset_of_layout: bool = False, ids_optional: bool = False) -> schema.pa.Table:
+    """Read one split of SPair-71k into a table in :data:`loaders.schema.SCHEMA`.
+
+    ``folder``, ``dataset``, ``subset_of_layout`` and ``ids_optional`` serve SPair-U (new keypoints
+    on SPair-71k test pairs, see :mod:`loaders.spairu`): annotations from another folder, only the
+    layout's pairs that have one, and ``kps_ids`` allowed to be absent.
+    """
     root = Path(root)
     names = read_layout(root, split, layout)
-    paths = annotation_files(root, split, names)
+    paths = annotation_files(root, split, names, folder)
+    if subset_of_layout:
+        kept = [(n, p) for n, p in zip(names, paths) if os.path.isfile(p)]
+        if not kept:
+            raise DatasetError(f"{Path(root) / folder / split}: no pair annotation of {layout_file(root, split, layout)} there")
+        names, paths = [n for n, _ in kept], [p for _, p in kept]
     check_missing(paths, "pair annotation files")
     cols = schema.empty_columns()
     seen = set()
@@ -109,6 +120,8 @@ def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.p
         src_kps = _kps(ann, "src_kps", path)
         trg_kps = _kps(ann, "trg_kps", path)
         ids = ann.get("kps_ids")
+        if ids is None and ids_optional:
+            ids = list(range(len(src_kps)))
         if not isinstance(ids, list):
             raise DatasetError(f"{path}: field 'kps_ids' is missing or not a list")
         if not (len(src_kps) == len(trg_kps) == len(ids)):
@@ -171,12 +184,12 @@ def load(root: str | os.PathLike, split: str, layout: str = "large") -> schema.p
             cols[key].append(v)
         cols["mirror"].append(bool(mirror))
     n = len(cols["pair_id"])
-    cols["dataset"] = ["spair-71k"] * n
+    cols["dataset"] = [dataset] * n
     cols["split"] = [split] * n
     return schema.to_table(cols)
 
 
-def source_files(root: str | os.PathLike, split: str, layout: str = "large") -> list[Path]:
+def source_files(root: str | os.PathLike, split: str, layout: str = "large", folder: str = "PairAnnotation") -> list[Path]:
     """Every file the split's table is derived from (for cache keys)."""
     root = Path(root)
-    return [layout_file(root, split, layout), *annotation_files(root, split, read_layout(root, split, layout))]
+    return [layout_file(root, split, layout), *annotation_files(root, split, read_layout(root, split, layout), folder)]

@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="read one split from the official files and write Parquet")
     c.add_argument("dataset", help=f"one of {', '.join(READERS)}")
     c.add_argument("--root", required=True, type=Path, help="dataset root folder")
-    c.add_argument("--split", default="test", help="trn, val or test (default test)")
-    c.add_argument("--layout", default=None, help="SPair-71k only: large (default) or small")
+    c.add_argument("--split", default="test", help="trn, val or test (default test); AP-10K also test-cross-species, "
+                                                    "test-cross-family; CUB-200-2011 test or test-distilldift")
+    c.add_argument("--layout", default=None, help="SPair-71k: large (default) or small; SPair-U: marco (default) or jamaisvu")
     c.add_argument("--out", required=True, type=Path, help="output .parquet file (written atomically)")
     s = sub.add_parser("stats", help="pairs and keypoints per category of a Parquet file")
     s.add_argument("file", type=Path)

@@ -214,8 +214,9 @@ def test_pfwillow_only_test_split(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path):
-    with pytest.raises(DatasetError, match=r"unknown dataset 'spair'.*did you mean 'spair-71k'.*valid: spair-71k, pf-pascal, pf-willow"):
-        loaders.load("spair", tmp_path, "test")
+    with pytest.raises(DatasetError, match=r"unknown dataset 'spair71k'.*did you mean 'spair-71k'.*valid: spair-71k, "
+                                           r"pf-pascal, pf-willow, spair-u, ap-10k, cub-200-2011"):
+        loaders.load("spair71k", tmp_path, "test")
 
 
 # ----------------------------------------------------------------------------- cache, export, CLI

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--root", required=True, type=Path)
     v.add_argument("--layout", default=None)
     v.add_argument("--no-images", action="store_true", help="skip reading image headers")
+    b = sub.add_parser("build-ap10k", help="build the AP-10K correspondence benchmark from the AP-10K release")
+    b.add_argument("--raw", required=True, type=Path, help="the AP-10K release folder (annotations/, data/)")
+    b.add_argument("--annotations", nargs="+", type=Path, default=None,
+                   help="COCO files to merge (default: the split-1 train, test and val files under annotations/)")
+    b.add_argument("--crowd", required=True, type=Path, help="GeoAware-SC's ap-10k_is_crowd.txt (image ids to drop)")
+    b.add_argument("--out", required=True, type=Path, help="new folder to write (the ap-10k dataset root)")
     d = sub.add_parser("download", help="download a dataset from its official address")
     d.add_argument("dataset")
     d.add_argument("--root", required=True, type=Path)
@@ -88,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             failed = sum(not c.ok for c in checks)
             print(f"{args.dataset} at {args.root}: {len(checks) - failed} checks passed, {failed} failed")
             return 1 if failed else 0
+        elif args.command == "build-ap10k":
+            from .ap10k_build import SPLIT_FILES, build
+
+            files = args.annotations or [args.raw / "annotations" / f for f in SPLIT_FILES]
+            counts = build(files, args.raw / "data", args.crowd, args.out)
+            print(f"wrote {args.out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         elif args.command == "download":
             from .download import NOTES, download
 

@@ -289,3 +289,93 @@ def test_new_datasets_run_end_to_end_with_their_protocols(tmp_path):
     res = pd.read_csv(tmp_path / "run" / "results.csv")
     assert set(res["protocol"]) == {"geoaware", "original"} and set(res["split"]) == {"test-cross-family"}
     assert set(res[res.protocol == "geoaware"]["alpha"]) == {0.01, 0.05, 0.1}
+
+
+# ----------------------------------------------------------------------------------------------- AP-10K build
+def _raw_ap10k(tmp_path: Path) -> tuple[list[Path], Path, Path]:
+    """A COCO-style AP-10K release: family F1 with species a (55 images) and b (52), family F2 with c (51);
+    image 3 is a crowd id, image 4 has only 2 keypoints, image 5 has a second annotation (ignored)."""
+    import random
+
+    rng = random.Random(0)
+    cats = [{"id": 1, "name": "a", "supercategory": "F1"}, {"id": 2, "name": "b", "supercategory": "F1"},
+            {"id": 3, "name": "c", "supercategory": "F2"}]
+    images, anns, n = [], [], 0
+    (tmp_path / "data").mkdir()
+    for cat, count in ((1, 55), (2, 52), (3, 51)):
+        for _ in range(count):
+            n += 1
+            kp = []
+            for _k in range(17):
+                kp += [rng.randint(1, 60), rng.randint(1, 40), 2 if rng.random() < 0.8 else 0]
+            if n == 4:
+                kp = [10, 10, 2, 11, 11, 2] + [0, 0, 0] * 15
+            images.append({"id": n, "file_name": f"{n:012d}.jpg", "width": 64, "height": 48})
+            anns.append({"id": 1000 + n, "image_id": n, "category_id": cat, "bbox": [1, 1, 60, 40],
+                         "num_keypoints": sum(1 for v in kp[2::3] if v), "keypoints": kp})
+            Image.new("RGB", (64, 48)).save(tmp_path / "data" / f"{n:012d}.jpg")
+    anns.append({**anns[4], "id": 99999, "category_id": 3})  # a second animal in image 5: dropped
+    (tmp_path / "annotations").mkdir()
+    files = []
+    for k, part in enumerate((anns[:60], anns[60:120], anns[120:])):
+        f = tmp_path / "annotations" / f"part{k}.json"
+        f.write_text(json.dumps({"images": images, "annotations": part, "categories": cats}))
+        files.append(f)
+    crowd = tmp_path / "crowd.txt"
+    crowd.write_text("000000000003\n")
+    return files, tmp_path / "data", crowd
+
+
+def test_ap10k_build_follows_the_construction_rules(tmp_path):
+    from loaders import ap10k_build
+    from loaders.__main__ import main as loaders_cli
+
+    files, data, crowd = _raw_ap10k(tmp_path)
+    counts = ap10k_build.build(files, data, crowd, tmp_path / "out")
+    root = tmp_path / "out"
+    filtered = lambda sp, name: [int(x) for x in (root / "ImageAnnotation" / sp / f"{name}_filtered.txt").read_text().split()]  # noqa: E731
+    kept_a = [i for i in range(1, 56) if i not in (3, 4)]  # crowd id and a 2-keypoint image dropped
+    assert filtered("F1/a", "test") == kept_a[-30:] and filtered("F1/a", "val") == kept_a[-50:-30]
+    assert filtered("F1/a", "train") == kept_a[:-50]
+    assert json.loads((root / "ImageAnnotation/F1/a/000000000005.json").read_text())["category_id"] == 1  # first annotation
+    test = loaders.load_uncached("ap-10k", root, "test")
+    assert set(test.column("category").to_pylist()) == {"a", "b", "c"}
+    assert test.num_rows == counts["test"] <= 3 * 435
+    assert all(len(k) >= 3 for k in test.column("kps_ids").to_pylist())  # mutual visibility >= 3 (v = 2 only here)
+    cross = loaders.load_uncached("ap-10k", root, "test-cross-species")
+    assert set(cross.column("category").to_pylist()) == {"F1"} and cross.num_rows == min(900, cross.num_rows)
+    fam = loaders.load_uncached("ap-10k", root, "test-cross-family")
+    assert fam.num_rows == 30 and set(fam.column("category").to_pylist()) == {"all"}
+    record = json.loads((root / "build.json").read_text())
+    assert record["seed"] == 42 and record["rules"]["crowd_ids_dropped"] == 1
+    # deterministic: a second build writes the same lists
+    assert loaders_cli(["build-ap10k", "--raw", str(tmp_path), "--annotations", *map(str, files), "--crowd", str(crowd),
+                        "--out", str(tmp_path / "again")]) == 0
+    for folder in ("test", "trn", "test_cross_species", "test_cross_family"):
+        a = sorted(p.name for p in (root / "PairAnnotation" / folder).iterdir())
+        assert a == sorted(p.name for p in (tmp_path / "again" / "PairAnnotation" / folder).iterdir())
+    with pytest.raises(DatasetError, match="already exists"):
+        ap10k_build.build(files, data, crowd, root)
+
+
+def test_ap10k_build_on_the_real_fixture_equals_the_staged_derived_files(tmp_path):
+    from loaders import ap10k_build
+
+    src = shared("AP-10K")
+    ap10k_build.build([src / "mmpose_test_fixture" / "test_ap10k.json"], src / "mmpose_test_fixture",
+                      src / "geoaware_preprocessing" / "ap-10k_is_crowd.txt", tmp_path / "out")
+    for rel in ("Felidae/jaguar/000000037516.json", "Bovidae/antelope/000000000004.json"):
+        assert (tmp_path / "out" / "ImageAnnotation" / rel).read_bytes() == \
+            (src / "derived_geoaware_format" / "ImageAnnotation" / rel).read_bytes()
+    table = loaders.load_uncached("ap-10k", tmp_path / "out", "test-cross-family")
+    assert table.column("pair_id").to_pylist() == ["000000000004-000000037516:all"]  # families by name
+
+
+def test_ap10k_build_bad_inputs_leave_nothing(tmp_path):
+    from loaders import ap10k_build
+
+    files, data, crowd = _raw_ap10k(tmp_path)
+    files[1].write_text('{"images": [], "annotations": [{"image_id": 1}], "categories": []}')
+    with pytest.raises(DatasetError, match="lacks image_id, 17 x 3 keypoints or a known category"):
+        ap10k_build.build(files, data, crowd, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

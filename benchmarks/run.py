@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-matchers", action="store_true", help="print every registered matcher and exit")
     p.add_argument("--matcher", help="registered matcher name (see --list-matchers)")
     p.add_argument("--preset", default=None, help="named settings of the matcher (e.g. tiny)")
-    p.add_argument("--dataset", help="spair-71k, pf-pascal or pf-willow")
+    p.add_argument("--dataset", help="spair-71k, pf-pascal, pf-willow, spair-u, ap-10k or cub-200-2011")
     p.add_argument("--data-root", type=Path,
                    help="dataset root folder (default: $CORRBENCH_DATA/<folder>, else ~/.cache/corrbench/data/<folder>)")
     p.add_argument("--download", action="store_true",

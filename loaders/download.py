@@ -50,10 +50,19 @@ ARCHIVES = {
     "spair-71k": [Archive("http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz", None, 8 * GiB)],
     "pf-pascal": [Archive("https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset-PASCAL.zip", None, 2 * GiB)],
     "pf-willow": [Archive("https://www.di.ens.fr/willow/research/proposalflow/dataset/PF-dataset.zip", None, GiB // 4)],
+    "cub-200-2011": [Archive("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz", None, 2 * GiB)],
 }
 URLS = {k: [a.url for a in v] for k, v in ARCHIVES.items()}
 
 #: what the archives do not contain
+#: datasets that need steps no download can do
+MANUAL = {
+    "ap-10k": "fetch the AP-10K release (ap-10k.zip, Google Drive id 1-FNNGcdtAQRehYYkGY1y4wzFNg4iWNad) and "
+              "GeoAware-SC's data/ap-10k_is_crowd.txt, then run python -m loaders build-ap10k",
+    "spair-u": "unzip https://groups.inf.ed.ac.uk/hbilen-data/data/JamaisVuData/SPair-U.zip and move its SPair-U/ "
+               "folder into the SPair-71k root (see the README)",
+}
+
 NOTES = {
     "pf-pascal": "the train/val/test pair lists are distributed separately (the NC-Net lists, "
                  "image_pairs/{train,val,test}_pairs.csv); put them in ROOT/image_pairs/",
@@ -191,6 +200,8 @@ def download(dataset: str, root: str | Path, timeout: float = 30.0, *, sha256: s
     check against a copy the user trusts; ``allow_unverified``: unpack without any checksum.
     ``archives``: replaces the built-in list (tests, mirrors).
     """
+    if dataset in MANUAL and archives is None:
+        raise DatasetError(f"{dataset} cannot be downloaded by this toolkit: {MANUAL[dataset]}")
     if dataset not in ARCHIVES and archives is None:
         raise DatasetError(f"unknown dataset {dataset!r}; valid: {', '.join(ARCHIVES)}")
     items = archives if archives is not None else ARCHIVES[dataset]

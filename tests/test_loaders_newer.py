@@ -379,3 +379,13 @@ def test_ap10k_build_bad_inputs_leave_nothing(tmp_path):
     with pytest.raises(DatasetError, match="lacks image_id, 17 x 3 keypoints or a known category"):
         ap10k_build.build(files, data, crowd, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_datasets_without_a_download_say_what_to_do(tmp_path):
+    from loaders.download import download
+
+    with pytest.raises(DatasetError, match="ap-10k cannot be downloaded by this toolkit: .*build-ap10k"):
+        download("ap-10k", tmp_path)
+    with pytest.raises(DatasetError, match="spair-u cannot be downloaded by this toolkit: .*SPair-U.zip"):
+        download("spair-u", tmp_path)
+    assert not any(tmp_path.iterdir())

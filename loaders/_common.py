@@ -168,3 +168,19 @@ def parse_float_list(text: str, where: str) -> list[float]:
 
 def finite(x: float) -> bool:
     return not (math.isnan(x) or math.isinf(x))
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON object from a UTF-8 file, or a one-line error (malformed, too deep, not an object)."""
+    import json
+
+    text = read_text(path, what)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    return value

@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 
 from . import schema
-from ._common import check_box, check_points, check_size, inside_root, read_text
+from ._common import check_box, check_points, check_size, inside_root, read_json_object
 from .errors import DatasetError
 
 SPLITS = ("test", "test-cross-species", "test-cross-family", "val", "val-cross-species", "val-cross-family", "trn")
@@ -65,15 +65,7 @@ def read_image(root: Path, rel: str, cache: dict) -> dict:
     if rel in cache:
         return cache[rel]
     path = Path(root) / rel
-    text = read_text(path, "AP-10K image annotation")
-    try:
-        ann = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise DatasetError(f"{path}: JSON nested too deeply") from None
-    if not isinstance(ann, dict):
-        raise DatasetError(f"{path}: expected a JSON object")
+    ann = read_json_object(path, "AP-10K image annotation")
     w, h = check_size(ann.get("width"), ann.get("height"), str(path), "width/height")
     kp = ann.get("keypoints")
     if not isinstance(kp, list) or len(kp) != 3 * N_KPS:
@@ -112,12 +104,7 @@ def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
         m = _PAIR.match(path.name)
         if not m:
             raise DatasetError(f"{path}: pair file name must be '<src id>-<trg id>:<category>.json'")
-        try:
-            ann = json.loads(read_text(path, "AP-10K pair annotation"))
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-        if not isinstance(ann, dict):
-            raise DatasetError(f"{path}: expected a JSON object")
+        ann = read_json_object(path, "AP-10K pair annotation")
         rels = {}
         for key in ("src_json_path", "trg_json_path"):
             rels[key] = inside_root(root, _image_json_rel(ann.get(key), str(path), key), str(path), key)

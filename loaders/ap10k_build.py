@@ -34,7 +34,7 @@ import random
 import shutil
 from pathlib import Path
 
-from ._common import read_text, regular_file
+from ._common import read_json_object, read_text, regular_file
 from .errors import DatasetError
 
 SEED = 42
@@ -48,11 +48,8 @@ SPLIT_FILES = ("ap10k-train-split1.json", "ap10k-test-split1.json", "ap10k-val-s
 
 
 def _json(path: Path) -> dict:
-    try:
-        data = json.loads(read_text(path, "AP-10K annotation file"))
-    except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+    data = read_json_object(path, "AP-10K annotation file")
+    if not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
         raise DatasetError(f"{path}: expected a COCO object with 'images', 'annotations' and 'categories' lists")
     return data
 

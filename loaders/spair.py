@@ -7,13 +7,12 @@ Pairs come from ``Layout/{large,small}/{trn,val,test}.txt``; each line names
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from . import schema
-from ._common import check_box, check_points, check_size, inside_root, read_text
+from ._common import check_box, check_points, check_size, inside_root, read_json_object, read_text
 from .errors import DatasetError
 
 LAYOUTS = ("large", "small")
@@ -108,15 +107,7 @@ def load(root: str | os.PathLike, split: str, layout: str = "large", *, folder: 
     cols = schema.empty_columns()
     seen = set()
     for name, path in zip(names, paths):
-        text = read_text(path, "pair annotation")
-        try:
-            ann = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-        except RecursionError:
-            raise DatasetError(f"{path}: JSON nested too deeply") from None
-        if not isinstance(ann, dict):
-            raise DatasetError(f"{path}: expected a JSON object")
+        ann = read_json_object(path, "pair annotation")
         src_kps = _kps(ann, "src_kps", path)
         trg_kps = _kps(ann, "trg_kps", path)
         ids = ann.get("kps_ids")

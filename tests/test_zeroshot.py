@@ -285,3 +285,24 @@ def test_geoaware_head_checkpoint(tmp_path):
     torch.save({"x": Evil()}, evil)
     with pytest.raises(MatcherError, match="cannot read the GeoAware head checkpoint"):
         cls.from_settings("tiny", head=str(evil))
+
+
+def test_dino_block_tokens_layer_norm_and_registers():
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from sd4match.dino import block_tokens
+
+    torch.manual_seed(0)
+    m = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=56,
+                                 patch_size=14, mlp_ratio=2)).eval()
+    x = torch.randn(1, 3, 84, 84)
+    out = m(pixel_values=x, output_hidden_states=True)
+    torch.testing.assert_close(block_tokens(m, x, -1, True), out.last_hidden_state[:, 1:])  # HF's normed output
+    torch.testing.assert_close(block_tokens(m, x, 1), out.hidden_states[2][:, 1:])  # block 1, before the norm
+    assert block_tokens(m, x).shape == (1, 36, 32)
+    with pytest.raises(ValueError, match="layer must be in -3..2"):
+        block_tokens(m, x, 3)
+    r = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                           image_size=56, patch_size=14, mlp_ratio=2,
+                                                           num_register_tokens=4)).eval()
+    assert block_tokens(r, x).shape == (1, 36, 32)  # class token and 4 registers dropped

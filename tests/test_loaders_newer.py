@@ -389,3 +389,22 @@ def test_datasets_without_a_download_say_what_to_do(tmp_path):
     with pytest.raises(DatasetError, match="spair-u cannot be downloaded by this toolkit: .*SPair-U.zip"):
         download("spair-u", tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(line=st.text(alphabet=st.sampled_from("0123456789 .-+enaifx\t"), max_size=30),
+       name=st.sampled_from(["parts/part_locs.txt", "bounding_boxes.txt", "images.txt", "train_test_split.txt",
+                             "image_class_labels.txt"]),
+       where=st.integers(0, 40))
+def test_cub_any_line_reads_or_fails_in_one_line(tmp_path_factory, line, name, where):
+    root = _cub_root(tmp_path_factory.mktemp("cub"), images=3)
+    path = root / "CUB_200_2011" / name
+    lines = path.read_text().splitlines()
+    lines[where % len(lines)] = line
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        table = loaders.load_uncached("cub-200-2011", root, "test")
+    except DatasetError as exc:
+        assert "\n" not in str(exc)
+    else:
+        assert table.num_rows <= 1

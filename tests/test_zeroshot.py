@@ -288,7 +288,12 @@ def test_geoaware_head_checkpoint(tmp_path):
 
 
 def test_dino_block_tokens_layer_norm_and_registers():
-    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+    from transformers import (
+        Dinov2Config,
+        Dinov2Model,
+        Dinov2WithRegistersConfig,
+        Dinov2WithRegistersModel,
+    )
 
     from sd4match.dino import block_tokens
 

@@ -402,7 +402,10 @@ class SDFrameMatcher(FrameMatcher):
         if self._sd is None:
             print(f"loading Stable Diffusion from {self.config.model_id} ...", file=sys.stderr, flush=True)
             comps = load_components(self.config.model_id, seed=self.config.seed)
-            last = max(int(n.split(".")[1]) for n in self._layers if n.startswith("up_blocks."))
+            blocks = [int(n.split(".")[1]) for n in self._layers if n.split(".")[0] == "up_blocks" and n.split(".")[1:2]
+                      and n.split(".")[1].isdigit()]
+            # the featurizer's own stop hook sits after the last up block named (the layer hooks stop earlier)
+            last = min(max(blocks, default=len(comps.unet.up_blocks) - 1), len(comps.unet.up_blocks) - 1)
             self._sd = SDFeaturizer(comps, last, self.device, self.dtype)
             if self.config.freeu:
                 comps.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
@@ -412,6 +415,9 @@ class SDFrameMatcher(FrameMatcher):
         if self._sd is not None:
             self._sd.close()
             self._sd = None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "model_id": self.config.model_id, "captioner": self.config.captioner}
 
     def reset_caches(self) -> None:
         super().reset_caches()

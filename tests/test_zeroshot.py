@@ -311,3 +311,21 @@ def test_dino_block_tokens_layer_norm_and_registers():
                                                            image_size=56, patch_size=14, mlp_ratio=2,
                                                            num_register_tokens=4)).eval()
     assert block_tokens(r, x).shape == (1, 36, 32)  # class token and 4 registers dropped
+
+
+@pytest.mark.parametrize("name", ["sd-dino", "geoaware-zs"])
+def test_sd_matchers_run_with_both_test_time_options(name, tmp_path):
+    """The mirrored source goes through each SD matcher's own path (windows, PCA / descriptors)."""
+    import loaders
+    from loaders.testing import write_spair_root
+
+    write_spair_root(tmp_path, {"test": 3}, seed=4, images=True)
+    pairs = [Pair(r, tmp_path) for r in loaders.load("spair-71k", tmp_path, "test").to_pylist()]
+    m = registry.load_class(name).from_settings("tiny", flip="adaptive-mnn", mnn=True)
+    out = m.predict(pairs)
+    plain = registry.load_class(name).from_settings("tiny").predict(pairs)
+    for r in out:
+        assert [len(x) for x in out[r]] == [len(p.src_kps) for p in pairs]
+        assert all(np.isfinite(x).all() for x in out[r])
+    assert m.tta == "flip=adaptive-mnn,mnn" and m.describe()["tta"] == m.tta
+    assert any(not np.array_equal(a, b) for r in out for a, b in zip(out[r], plain[r]))

@@ -32,7 +32,9 @@ from . import checkpoint as ckpt
 from .prompts import N_TOKENS, VARIANTS, build_prompt
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, what: str = "prompt file") -> dict[str, torch.Tensor]:
+    """Names -> finite float32 tensors from a ``.safetensors`` file or a ``torch.save`` file read with
+    ``weights_only`` (a ``state_dict`` entry is unwrapped); anything else is a one-line MatcherError."""
     if not path.is_file():
         raise MatcherError(f"{path}: no such file")
     try:
@@ -43,7 +45,7 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MatcherError(f"{path}: cannot read prompt file ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise MatcherError(f"{path}: cannot read {what} ({type(exc).__name__}: {str(exc)[:120]})") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -113,7 +115,7 @@ def _cpm_state(data: dict[str, torch.Tensor], src: Path) -> dict[str, torch.Tens
 
 
 def convert(variant: str, src: Path, out: Path) -> str:
-    data = _load(src)
+    data = read_tensors(src)
     if variant == "single":
         keys = list(data)
         key = "dataset" if "dataset" in data else (keys[0] if len(keys) == 1 else None)

@@ -159,6 +159,8 @@ class FrameMatcher(DenseMatcher):
                                                           "frame", cfg.image_size, cfg.pad, cfg.dino_layer,
                                                           cfg.dino_final_norm, cfg.dtype],
                                   self.device, limit=2 * self.memory_cache_size)
+        #: per-image stores (DINOv2 tokens, SD layers): cleared by reset_caches, sized by keep_in_memory
+        self._stores = [self._tokens]
 
     # ------------------------------------------------------------------ shared pieces
     def _network_input(self, image):
@@ -206,16 +208,31 @@ class FrameMatcher(DenseMatcher):
 
     def reset_caches(self) -> None:
         super().reset_caches()
-        self._tokens.clear()
+        for store in self._stores:
+            store.clear()
 
     def keep_in_memory(self, n_images: int) -> None:
         super().keep_in_memory(n_images)
-        self._tokens.limit = max(self._tokens.limit or 0, n_images)
+        for store in self._stores:
+            store.limit = max(store.limit or 0, n_images)
 
     # ------------------------------------------------------------------ to implement
-    def pair_maps(self, pairs, flip: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(source, target) ``(C, g, g)`` maps per pair; ``flip``: the source mirrored in the frame."""
+    def image_maps(self, images, infos: list[ImageInfo], flip: bool = False) -> list[torch.Tensor]:
+        """``(C, g, g)`` maps of single images (matchers whose maps do not depend on the pair)."""
         raise NotImplementedError
+
+    def pair_maps(self, pairs, flip: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(source, target) ``(C, g, g)`` maps per pair; ``flip``: the source mirrored in the frame.
+        By default from :meth:`image_maps`, once per distinct image; pair-dependent matchers override it."""
+        images = self.load_images(pairs)
+        rels = list(images)
+        where = {r: j for j, r in enumerate(rels)}
+        maps = self.image_maps([images[r][0] for r in rels], [images[r][1] for r in rels])
+        if not flip:
+            return [(maps[where[p.row["src_image"]]], maps[where[p.row["trg_image"]]]) for p in pairs]
+        src = [p.row["src_image"] for p in pairs]
+        mirrored = self.image_maps([images[r][0] for r in src], [images[r][1] for r in src], flip=True)
+        return [(mirrored[k], maps[where[p.row["trg_image"]]]) for k, p in enumerate(pairs)]
 
     # ------------------------------------------------------------------ matching
     def _submit(self, pairs):
@@ -312,18 +329,8 @@ class Dinov2Matcher(FrameMatcher):
                "geoaware": {"centre": 7.0},
                "hf-normed": {"dino_final_norm": True}}
 
-    def pair_maps(self, pairs, flip: bool = False):
-        images = self.load_images(pairs)
-        rels = list(images)
-        where = {r: j for j, r in enumerate(rels)}
-        infos = [images[r][1] for r in rels]
-        pix = [images[r][0] for r in rels]
-        maps = self.dino_maps(pix, infos)
-        if not flip:
-            return [(maps[where[p.row["src_image"]]], maps[where[p.row["trg_image"]]]) for p in pairs]
-        src = [p.row["src_image"] for p in pairs]
-        fl = self.dino_maps([images[r][0] for r in src], [images[r][1] for r in src], flip=True)
-        return [(fl[k], maps[where[p.row["trg_image"]]]) for k, p in enumerate(pairs)]
+    def image_maps(self, images, infos, flip: bool = False):
+        return list(self.dino_maps(images, infos, flip))
 
 
 # ----------------------------------------------------------------------------------------------- SD + DINO
@@ -388,6 +395,7 @@ class SDFrameMatcher(FrameMatcher):
                                     [self.fingerprints()["model"], cfg.sd_size, cfg.window, cfg.t, cfg.layers,
                                      cfg.prompt, cfg.freeu, cfg.pad, cfg.seed, cfg.dtype, cfg.device.split(":")[0]],
                                     self.device, limit=2 * self.memory_cache_size)
+        self._stores.append(self._sd_store)
 
     def fingerprints(self):
         out = super().fingerprints()
@@ -418,14 +426,6 @@ class SDFrameMatcher(FrameMatcher):
 
     def describe(self) -> dict:
         return {**super().describe(), "model_id": self.config.model_id, "captioner": self.config.captioner}
-
-    def reset_caches(self) -> None:
-        super().reset_caches()
-        self._sd_store.clear()
-
-    def keep_in_memory(self, n_images: int) -> None:
-        super().keep_in_memory(n_images)
-        self._sd_store.limit = max(self._sd_store.limit or 0, n_images)
 
     def _context(self, category: str) -> torch.Tensor:
         text = self.config.prompt.replace("{category}", category)
@@ -626,18 +626,9 @@ class GeoAwareZeroShotMatcher(SDFrameMatcher):
         sd = F.normalize(torch.cat(parts), dim=0)
         return F.normalize(torch.cat([sd, F.normalize(dino.float(), dim=0)]), dim=0)
 
-    def pair_maps(self, pairs, flip: bool = False):
-        images = self.load_images(pairs)
-        rels = list(images)
-        where = {r: j for j, r in enumerate(rels)}
-        pix, infos = [images[r][0] for r in rels], [images[r][1] for r in rels]
-        desc = [self.descriptors(lay, d) for lay, d in zip(self.sd_layers(pix, infos), self.dino_maps(pix, infos))]
-        if not flip:
-            return [(desc[where[p.row["src_image"]]], desc[where[p.row["trg_image"]]]) for p in pairs]
-        src = [p.row["src_image"] for p in pairs]
-        spix, sinf = [images[r][0] for r in src], [images[r][1] for r in src]
-        fl = [self.descriptors(lay, d) for lay, d in zip(self.sd_layers(spix, sinf, True), self.dino_maps(spix, sinf, True))]
-        return [(fl[k], desc[where[p.row["trg_image"]]]) for k, p in enumerate(pairs)]
+    def image_maps(self, images, infos, flip: bool = False):
+        return [self.descriptors(lay, d) for lay, d in zip(self.sd_layers(images, infos, flip),
+                                                            self.dino_maps(images, infos, flip))]
 
 
 # ----------------------------------------------------------------------------------------------- the head
@@ -691,16 +682,10 @@ def _head_file(path: str):
 def load_head(path: str, device) -> AggregationHead:
     """An :class:`AggregationHead` state dict from ``path`` (``torch.load`` with ``weights_only``);
     a missing file or a state dict that does not fit is a one-line :class:`MatcherError`."""
-    p = _head_file(path)
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise MatcherError(f"{path}: cannot read the GeoAware head checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
+    from .convert import read_tensors
+
+    state = read_tensors(_head_file(path), "the GeoAware head checkpoint")
     head = AggregationHead()
-    if not isinstance(state, dict):
-        raise MatcherError(f"{path}: not a state dict")
     missing, unexpected = head.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise MatcherError(f"{path}: the state dict does not fit this toolkit's AggregationHead "

@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
-from PIL import Image
 
 import loaders
 from benchmarks import registry
@@ -16,6 +14,7 @@ from benchmarks.matchers.base import Pair
 from loaders.testing import write_spair_root
 
 from .conftest import shared
+from .transforms import known_transform_pairs
 
 
 def _pairs(table, root, n):
@@ -62,35 +61,9 @@ def test_matcher_on_fixture_pairs(name, tmp_path):
 
 def test_geometry_known_transforms_patch_matcher(tmp_path):
     """Crops + translations + anisotropic scalings of real PF-Willow images: PCK@0.05 >= 0.95."""
-    base = shared("PF-WILLOW", "PF-dataset")
-    images = sorted(base.glob("*/*.png"))[::5]
     cls = registry.load_class("patch")
     matcher = cls.from_settings()
-    pairs, gts = [], []
-    for n, path in enumerate(images):
-        im = Image.open(path).convert("RGB")
-        W, H = im.size
-        pts = scipy.io.loadmat(str(path.with_suffix(".mat")))["pts_coord"].T
-        a = (0, 0, int(0.8 * W), int(0.8 * H))
-        dx, dy = (int(0.12 * W), int(0.07 * H)) if n % 2 else (int(0.05 * W), int(0.15 * H))
-        b = (dx, dy, dx + a[2], dy + a[3])
-        k = [(1.4, 0.9), (0.7, 0.7), (1.0, 1.6)][n % 3]
-        src = im.crop(a)
-        trg = im.crop(b)
-        tw, th = int(trg.width * k[0]), int(trg.height * k[1])
-        trg = trg.resize((tw, th), Image.BICUBIC)
-        src.save(tmp_path / f"{n}s.png")
-        trg.save(tmp_path / f"{n}t.png")
-        ok = (pts[:, 0] >= b[0] + 10) & (pts[:, 0] < a[2] - 10) & (pts[:, 1] >= b[1] + 10) & (pts[:, 1] < a[3] - 10)
-        sp = pts[ok]
-        tp = (sp - [b[0], b[1]]) * [tw / (b[2] - b[0]), th / (b[3] - b[1])]
-        if len(sp) == 0:
-            continue
-        row = {"pair_id": str(n), "category": "x", "src_image": f"{n}s.png", "trg_image": f"{n}t.png",
-               "src_kps": sp.tolist(), "trg_kps": tp.tolist(), "src_width": src.width, "src_height": src.height,
-               "trg_width": tw, "trg_height": th}
-        pairs.append(Pair(row, tmp_path))
-        gts.append(tp)
+    pairs, gts = known_transform_pairs(tmp_path, [(1.4, 0.9), (0.7, 0.7), (1.0, 1.6)])
     assert len(pairs) >= 15
     out = matcher.predict(pairs)
     for readout, preds in out.items():

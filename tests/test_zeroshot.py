@@ -16,6 +16,7 @@ from benchmarks.matchers.base import MatcherError, Pair
 from sd4match import zeroshot as Z
 
 from .conftest import shared
+from .transforms import known_transform_pairs
 
 
 # ----------------------------------------------------------------------------------------------- frame
@@ -132,35 +133,10 @@ SMALL_SD = {**SMALL, "model_id": "tiny", "sd_size": 768, "window": 512}  # s3: 4
 
 
 def _transformed_pairs(tmp_path, every=5):
-    """Crops + translations + scalings of real PF-Willow images (as for the dense base, with isotropic
-    scalings: an aspect change is undone by the dense base's square resize but not by a padded frame,
-    and colour descriptors do not survive it)."""
-    base = shared("PF-WILLOW", "PF-dataset")
-    pairs, gts = [], []
-    for n, path in enumerate(sorted(base.glob("*/*.png"))[::every]):
-        im = Image.open(path).convert("RGB")
-        W, H = im.size
-        pts = scipy.io.loadmat(str(path.with_suffix(".mat")))["pts_coord"].T
-        a = (0, 0, int(0.8 * W), int(0.8 * H))
-        dx, dy = (int(0.12 * W), int(0.07 * H)) if n % 2 else (int(0.05 * W), int(0.15 * H))
-        b = (dx, dy, dx + a[2], dy + a[3])
-        k = [(1.4, 1.4), (0.7, 0.7), (1.0, 1.0)][n % 3]  # isotropic: the padded frame undoes the scale
-        src, trg = im.crop(a), im.crop(b)
-        tw, th = int(trg.width * k[0]), int(trg.height * k[1])
-        trg = trg.resize((tw, th), Image.BICUBIC)
-        src.save(tmp_path / f"{n}s.png")
-        trg.save(tmp_path / f"{n}t.png")
-        ok = (pts[:, 0] >= b[0] + 10) & (pts[:, 0] < a[2] - 10) & (pts[:, 1] >= b[1] + 10) & (pts[:, 1] < a[3] - 10)
-        sp = pts[ok]
-        if len(sp) == 0:
-            continue
-        tp = (sp - [b[0], b[1]]) * [tw / (b[2] - b[0]), th / (b[3] - b[1])]
-        row = {"pair_id": str(n), "dataset": "pf-willow", "category": "car", "src_image": f"{n}s.png",
-               "trg_image": f"{n}t.png", "src_kps": sp.tolist(), "trg_kps": tp.tolist(), "kps_ids": list(range(len(sp))),
-               "src_width": src.width, "src_height": src.height, "trg_width": tw, "trg_height": th}
-        pairs.append(Pair(row, tmp_path))
-        gts.append(tp)
-    return pairs, gts
+    """Known transforms of real images (as for the dense base), with isotropic scalings: an aspect
+    change is undone by the dense base's square resize but not by a padded frame, and colour
+    descriptors do not survive it."""
+    return known_transform_pairs(tmp_path, [(1.4, 1.4), (0.7, 0.7), (1.0, 1.0)], every)
 
 
 def _pck(pairs, gts, preds, alpha=0.05):

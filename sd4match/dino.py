@@ -8,11 +8,14 @@ width 768 (the CLS token is dropped).
 
 from __future__ import annotations
 
+import math
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from benchmarks.matchers.base import MatcherError
 
@@ -25,6 +28,17 @@ STD = (0.229, 0.224, 0.225)
 #: random-weight DINOv2 architectures: name -> (width, blocks, heads, SwiGLU FFN) of ViT-S/B/L/G/14
 RANDOM_SIZES = {"random-small": (384, 12, 6, False), "random-base": (768, 12, 12, False),
                 "random-large": (1024, 24, 16, False), "random-giant": (1536, 40, 24, True)}
+
+
+#: how the 37 x 37 position-embedding table is resampled to an n x m patch grid:
+#: ``hub`` (the default): DINOv2's own torch.hub code, which sd-dino and GeoAware-SC load, and
+#: Hugging Face transformers up to 4.44, which SD4Match's precomputed CPM features used: bicubic with
+#: ``scale_factor = ((n + 0.1) / 37, (m + 0.1) / 37)``, no antialias, unchanged when the grid is 37 x 37;
+#: ``transformers``: transformers >= 4.45, bicubic to ``size = (n, m)``, which samples the table at
+#: other positions (up to 4e-2 of the token magnitude on random weights at 840).
+#: Models with their own rule (DINOv2 with registers, DINOv3) are left as they are.
+POSITION_RULES = ("hub", "transformers")
+HUB_OFFSET = 0.1
 
 
 def default_dino_id() -> str:
@@ -47,8 +61,48 @@ def tiny_dino(seed: int = 0):
     return model.eval().requires_grad_(False), DinoSpec(resize=64, crop=56)
 
 
-def load_dino(model_id: str, seed: int = 0):
-    """(model, preprocessing spec) from ``tiny``, a local folder or a hub id."""
+def _hub_positions(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """DINOv2's torch.hub position rule as a replacement of ``Dinov2Embeddings.interpolate_pos_encoding``
+    (bound to the embeddings module): see :data:`POSITION_RULES`."""
+    table = self.position_embeddings
+    n_patches, n_table = embeddings.shape[1] - 1, table.shape[1] - 1
+    if n_patches == n_table and height == width:
+        return table
+    side = int(round(math.sqrt(n_table)))
+    ph, pw = self.patch_embeddings.patch_size
+    rows, cols = height // ph, width // pw
+    grid = table[:, 1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, scale_factor=((rows + HUB_OFFSET) / side, (cols + HUB_OFFSET) / side), mode="bicubic",
+                         align_corners=False, antialias=False)
+    if tuple(grid.shape[-2:]) != (rows, cols):  # pragma: no cover - (n + 0.1) / 37 * 37 floors to n
+        raise RuntimeError(f"position grid {tuple(grid.shape[-2:])} does not fit {rows} x {cols} patches")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, rows * cols, -1).to(table.dtype)
+    return torch.cat([table[:, :1], grid], dim=1)
+
+
+def set_position_rule(model, rule: str = "hub"):
+    """Make a plain DINOv2 ``model`` resample its position table by ``rule`` (:data:`POSITION_RULES`);
+    other architectures (registers, DINOv3) keep their own. Returns the model."""
+    if rule not in POSITION_RULES:
+        raise ValueError(f"dino_pos must be one of {', '.join(POSITION_RULES)}, got {rule!r}")
+    emb = getattr(model, "embeddings", None)
+    if getattr(model.config, "model_type", "") != "dinov2" or emb is None:
+        return model
+    if rule == "hub":
+        emb.interpolate_pos_encoding = types.MethodType(_hub_positions, emb)
+    elif "interpolate_pos_encoding" in vars(emb):
+        del emb.interpolate_pos_encoding  # back to the class's own (transformers') rule
+    return model
+
+
+def load_dino(model_id: str, seed: int = 0, positions: str = "hub"):
+    """(model, preprocessing spec) from ``tiny``, a local folder or a hub id; ``positions``: the
+    position-embedding rule (:data:`POSITION_RULES`)."""
+    model, spec = _load_dino(model_id, seed)
+    return set_position_rule(model, positions), spec
+
+
+def _load_dino(model_id: str, seed: int = 0):
     if model_id == "tiny":
         return tiny_dino(seed)
     if model_id in RANDOM_SIZES:  # a real DINOv2 architecture with random weights, for timing and FLOPs

@@ -196,21 +196,29 @@ class SDFeaturizer:
 
     def layer_features(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
                        layers: list[str]) -> list[torch.Tensor]:
-        """Outputs of the named UNet submodules (``up_blocks.2.attentions.1`` ...), in ``layers`` order;
-        the forward stops as soon as the last of them has run. A module output that a later module
-        changes in place before the stop (diffusers' FreeU scales up-block inputs in place) is
-        returned as changed."""
+        """Outputs of the named UNet submodules (``up_blocks.2.attentions.1`` ...), in ``layers`` order.
+
+        The forward stops when the up-block layer after the last of them is about to run: FreeU scales
+        the backbone state entering a layer in place, so a stored state carries the factor of the
+        layer it enters, as in the authors' code (without FreeU this changes nothing)."""
         got: dict[str, torch.Tensor] = {}
+        stop_at = self._next_up_layer(layers)
 
         def hook(name):
             def capture(module, inputs, output):
                 got[name] = output[0] if isinstance(output, tuple) else output
-                if len(got) == len(set(layers)):
+                if stop_at is None and len(got) == len(set(layers)):
                     raise _Stop
             return capture
 
+        def stop(module, inputs):
+            if len(got) == len(set(layers)):
+                raise _Stop
+
         try:
             handles = [self.c.unet.get_submodule(n).register_forward_hook(hook(n)) for n in dict.fromkeys(layers)]
+            if stop_at is not None:
+                handles.append(self.c.unet.get_submodule(stop_at).register_forward_pre_hook(stop))
         except AttributeError as exc:
             raise ValueError(f"the UNet has no module {exc}; layers are names such as up_blocks.2.attentions.1") from None
         try:
@@ -224,6 +232,26 @@ class SDFeaturizer:
         if missing:
             raise RuntimeError(f"UNet forward ended before {missing[0]} ran")
         return [got[n] for n in layers]
+
+    def _next_up_layer(self, layers: list[str]) -> str | None:
+        """The up-block resnet that runs after the last of ``layers`` (where FreeU would scale the
+        state that layer produced), or None (stop right after the last layer)."""
+        resnets = [(i, j) for i, b in enumerate(self.c.unet.up_blocks) for j in range(len(b.resnets))]
+        last = None
+        for n in layers:
+            parts = n.split(".")
+            if parts[0] == "mid_block":
+                pos = (-1, 0)
+            elif parts[0] == "up_blocks" and len(parts) >= 4 and parts[1].isdigit() and parts[3].isdigit():
+                i, j = int(parts[1]), int(parts[3])
+                pos = (i, j + 1) if parts[2] in ("resnets", "attentions") else (i + 1, 0)
+            else:
+                continue
+            last = pos if last is None or pos > last else last
+        if last is None:
+            return None
+        after = [r for r in resnets if r >= last]
+        return f"up_blocks.{after[0][0]}.resnets.{after[0][1]}" if after else None
 
     def busy_seconds(self) -> float:
         """GPU time of the UNet calls recorded in :attr:`events` (synchronises)."""

@@ -18,7 +18,7 @@ from benchmarks.matchers.base import ConfigError, MatcherError
 
 from . import checkpoint as ckpt
 from .base import ImageStore, SDConfig, SDMatcherBase
-from .dino import default_dino_id, dims, load_dino, patch_tokens, preprocess
+from .dino import POSITION_RULES, default_dino_id, dims, load_dino, patch_tokens, preprocess
 from .prompts import PROMPT_FORMAT, PromptEncoder, build_prompt
 
 #: categories a class prompt may be asked for when no checkpoint fixes them (untrained runs)
@@ -32,12 +32,20 @@ UNTRAINED_OK = ("tiny", "random-sd21")
 @dataclass(frozen=True)
 class SD4MatchConfig(SDConfig):
     """checkpoint: prompts to evaluate; dino_id: DINOv2 for the CPM; category_map: how dataset
-    categories map to class-prompt names (PF-Willow evaluated with PF-Pascal prompts)."""
+    categories map to class-prompt names (PF-Willow evaluated with PF-Pascal prompts); dino_pos: the
+    DINOv2 position-embedding rule (``hub``: the transformers release SD4Match precomputed its DINOv2
+    features with, equal to DINOv2's torch.hub; ``transformers``: transformers >= 4.45)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.dino_pos not in POSITION_RULES:
+            raise ValueError(f"dino_pos must be one of {', '.join(POSITION_RULES)}, got {self.dino_pos!r}")
 
     t: int = 50
     ensemble: int = 8
     checkpoint: str = ""
     dino_id: str = field(default_factory=default_dino_id)
+    dino_pos: str = "hub"
     category_map: str = "winebottle=bottle,duck=bird"
     readout: str = "kernel-soft-argmax,nn,soft-argmax,window-soft-argmax"
 
@@ -105,7 +113,7 @@ class SD4MatchMatcher(SDMatcherBase):
             import sys
 
             print(f"loading DINOv2 from {self.config.dino_id} ...", file=sys.stderr, flush=True)
-            model, spec = load_dino(self.config.dino_id, self.config.seed)
+            model, spec = load_dino(self.config.dino_id, self.config.seed, self.config.dino_pos)
             self._dino = (model.to(self.device), spec)
         return self._dino
 
@@ -167,7 +175,8 @@ class CPMMatcher(SD4MatchMatcher):
     def __init__(self, config=None):
         super().__init__(config)
         cfg = self.config
-        self._tokens = ImageStore(cfg.cache_dir, "dino", [self.fingerprints()["dino"], cfg.device.split(":")[0]], self.device)
+        self._tokens = ImageStore(cfg.cache_dir, "dino", [self.fingerprints()["dino"], cfg.device.split(":")[0], cfg.dino_pos],
+                                  self.device)
 
     def fingerprints(self) -> dict[str, str]:
         out = super().fingerprints()

@@ -51,6 +51,7 @@ class TrainConfig:
     val_split: str = "val"
     model_id: str = field(default_factory=default_model_id)
     dino_id: str = field(default_factory=default_dino_id)
+    dino_pos: str = "hub"
     image_size: int = 768
     t: int = 261
     ensemble: int = 1
@@ -89,6 +90,8 @@ class TrainConfig:
                 bad.append(f"{name} must be an integer >= {low} (got {v!r})")
         if isinstance(self.t, bool) or not isinstance(self.t, int) or not 0 <= self.t <= 999:
             bad.append(f"t must be an integer in 0..999 (got {self.t!r})")
+        if self.dino_pos not in ("hub", "transformers"):
+            bad.append(f"dino_pos must be hub or transformers (got {self.dino_pos!r})")
         if bad:
             raise ValueError("; ".join(bad))
 
@@ -178,7 +181,7 @@ class Trainer:
         if cfg.variant == "cpm":
             from .dino import dims, load_dino
 
-            model, spec = load_dino(cfg.dino_id, cfg.seed)
+            model, spec = load_dino(cfg.dino_id, cfg.seed, cfg.dino_pos)
             self.dino = (model.to(self.device), spec)
             n_patches, dino_dim = dims(model, spec)
         self.dino_dim, self.n_patches = dino_dim, n_patches
@@ -307,7 +310,7 @@ class Trainer:
 
         cls = {"single": SingleMatcher, "class": ClassMatcher, "cpm": CPMMatcher}[self.cfg.variant]
         cfg = self.cfg
-        m = cls.from_settings(None, model_id=cfg.model_id, dino_id=cfg.dino_id, checkpoint="(training)",
+        m = cls.from_settings(None, model_id=cfg.model_id, dino_id=cfg.dino_id, dino_pos=cfg.dino_pos, checkpoint="(training)",
                               image_size=cfg.image_size, t=cfg.t, ensemble=1, up_block=cfg.up_block,
                               readout="kernel-soft-argmax", seed=cfg.seed, device=str(self.device),
                               dtype=cfg.dtype, batch_size=cfg.batch_size)

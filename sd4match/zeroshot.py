@@ -41,8 +41,9 @@ from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
 from benchmarks.flips import partners, swaps_for
 from benchmarks.matchers.base import ConfigError, MatcherError
 
+from . import freeu as freeu_rules
 from .base import SD_FOLDERS, ImageStore
-from .dino import DINO_ENV, MEAN, STD, block_tokens, default_dino_id, load_dino
+from .dino import DINO_ENV, MEAN, POSITION_RULES, STD, block_tokens, default_dino_id, load_dino
 from .features import SDFeaturizer
 from .models import load_components
 
@@ -110,7 +111,9 @@ class FrameConfig(DenseConfig):
     readout: ``nn`` and/or ``geoaware-soft-argmax``; flip: ``off`` or ``adaptive-mnn``; mnn:
     mutual-nearest-neighbour restricted search; dino_id / dino_layer / dino_final_norm: the DINOv2
     model (hub id, local folder, ``tiny`` or ``random-{small,base,large,giant}``), the block whose
-    output is taken (-1: the last) and whether the final LayerNorm is applied.
+    output is taken (-1: the last) and whether the final LayerNorm is applied; dino_pos: how its
+    position table is resampled to the frame's grid (``hub``: DINOv2's torch.hub rule, as the
+    authors ran it; ``transformers``: current transformers' rule; :data:`sd4match.dino.POSITION_RULES`).
     """
 
     image_size: int = 840
@@ -124,9 +127,12 @@ class FrameConfig(DenseConfig):
     dino_id: str = field(default_factory=default_dino_id)
     dino_layer: int = -1
     dino_final_norm: bool = False
+    dino_pos: str = "hub"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.dino_pos not in POSITION_RULES:
+            raise ValueError(f"dino_pos must be one of {', '.join(POSITION_RULES)}, got {self.dino_pos!r}")
         if self.pad not in PADS:
             raise ValueError(f"pad must be one of {', '.join(PADS)}, got {self.pad!r}")
         if self.flip not in FLIPS:
@@ -157,7 +163,7 @@ class FrameMatcher(DenseMatcher):
         self._dino = None
         self._tokens = ImageStore(cfg.cache_dir, "dino", [self.fingerprints()["dino"], cfg.device.split(":")[0],
                                                           "frame", cfg.image_size, cfg.pad, cfg.dino_layer,
-                                                          cfg.dino_final_norm, cfg.dtype],
+                                                          cfg.dino_final_norm, cfg.dtype, cfg.dino_pos],
                                   self.device, limit=2 * self.memory_cache_size)
         #: per-image stores (DINOv2 tokens, SD layers): cleared by reset_caches, sized by keep_in_memory
         self._stores = [self._tokens]
@@ -177,12 +183,12 @@ class FrameMatcher(DenseMatcher):
     def dino(self):
         if self._dino is None:
             print(f"loading DINOv2 from {self.config.dino_id} ...", file=sys.stderr, flush=True)
-            model, _ = load_dino(self.config.dino_id, self.config.seed)
+            model, _ = load_dino(self.config.dino_id, self.config.seed, self.config.dino_pos)
             self._dino = model.to(self.device, self.dtype)
         return self._dino
 
     def describe(self) -> dict:
-        return {**super().describe(), "tta": self.tta, "dino_id": self.config.dino_id}
+        return {**super().describe(), "tta": self.tta, "dino_id": self.config.dino_id, "dino_pos": self.config.dino_pos}
 
     @property
     def tta(self) -> str:
@@ -347,7 +353,8 @@ class SDFrameConfig(FrameConfig):
     the hidden states entering them; UNCONFIRMED by running the original); prompt: the text
     condition (``""``: the empty prompt; ``{category}`` is replaced); captioner: ``none`` (the only
     value: ODISE's implicit CLIP-image captioner needs ODISE's checkpoint and is not reproduced);
-    freeu: diffusers' FreeU (b1 1.2, b2 1.4, s1 0.9, s2 0.2) on or off.
+    freeu: FreeU (b1 1.2, b2 1.4, s1 0.9, s2 0.2) ``off``, by GeoAware-SC's channel rule
+    (``geoaware``) or by diffusers' up-block rule (``diffusers``); see :mod:`sd4match.freeu`.
     """
 
     model_id: str = field(default_factory=default_sd15_id)
@@ -357,10 +364,11 @@ class SDFrameConfig(FrameConfig):
     layers: str = "up_blocks.0.resnets.1,up_blocks.1.attentions.1,up_blocks.2.attentions.1"
     prompt: str = ""
     captioner: str = "none"
-    freeu: bool = False
+    freeu: str = "off"
 
     def __post_init__(self):
         super().__post_init__()
+        object.__setattr__(self, "freeu", freeu_rules.parse(self.freeu))
         if not 0 <= self.t <= 999:
             raise ValueError(f"t must be in 0..999, got {self.t}")
         if self.captioner != "none":
@@ -415,8 +423,7 @@ class SDFrameMatcher(FrameMatcher):
             # the featurizer's own stop hook sits after the last up block named (the layer hooks stop earlier)
             last = min(max(blocks, default=len(comps.unet.up_blocks) - 1), len(comps.unet.up_blocks) - 1)
             self._sd = SDFeaturizer(comps, last, self.device, self.dtype)
-            if self.config.freeu:
-                comps.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+            freeu_rules.enable(comps.unet, self.config.freeu)
         return self._sd
 
     def close(self) -> None:
@@ -578,12 +585,12 @@ def _fuse(sd: torch.Tensor, dino: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- GeoAware-SC
 @dataclass(frozen=True)
 class GeoAwareConfig(SDFrameConfig):
-    """GeoAware-SC zero-shot: t 50, FreeU on, window soft-argmax (window 5, beta 0.02), cell centre 7;
+    """GeoAware-SC zero-shot: t 50, FreeU by GeoAware's channel rule, window soft-argmax (window 5, beta 0.02), cell centre 7;
     head: a GeoAware post-processor checkpoint (the supervised variant's ``AggregationNetwork`` state
     dict, loaded with ``weights_only``), or "" for the zero-shot features."""
 
     t: int = 50
-    freeu: bool = True
+    freeu: str = "geoaware"
     centre: float = 7.0
     readout: str = "geoaware-soft-argmax"
     geoaware_window: int = 5

@@ -195,12 +195,14 @@ class SDFeaturizer:
         return out[:n]
 
     def layer_features(self, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                       layers: list[str]) -> list[torch.Tensor]:
+                       layers: list[str], time_add: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Outputs of the named UNet submodules (``up_blocks.2.attentions.1`` ...), in ``layers`` order.
 
         The forward stops when the up-block layer after the last of them is about to run: FreeU scales
         the backbone state entering a layer in place, so a stored state carries the factor of the
-        layer it enters, as in the authors' code (without FreeU this changes nothing)."""
+        layer it enters, as in the authors' code (without FreeU this changes nothing).
+        ``time_add``: ``(B, T)`` added to the output of the UNet's time-embedding MLP (ODISE's
+        captioner), or None."""
         got: dict[str, torch.Tensor] = {}
         stop_at = self._next_up_layer(layers)
 
@@ -219,6 +221,9 @@ class SDFeaturizer:
             handles = [self.c.unet.get_submodule(n).register_forward_hook(hook(n)) for n in dict.fromkeys(layers)]
             if stop_at is not None:
                 handles.append(self.c.unet.get_submodule(stop_at).register_forward_pre_hook(stop))
+            if time_add is not None:
+                add = time_add.to(noisy.device)
+                handles.append(self.c.unet.time_embedding.register_forward_hook(lambda m, i, out: out + add.to(out.dtype)))
         except AttributeError as exc:
             raise ValueError(f"the UNet has no module {exc}; layers are names such as up_blocks.2.attentions.1") from None
         try:

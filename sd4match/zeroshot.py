@@ -42,6 +42,8 @@ from benchmarks.flips import partners, swaps_for
 from benchmarks.matchers.base import ConfigError, MatcherError
 
 from . import freeu as freeu_rules
+from .captioner import CAPTIONERS, CLIP_HUB_ID
+from .captioner import HOW as CAPTIONER_HOW
 from .base import SD_FOLDERS, ImageStore
 from .dino import DINO_ENV, MEAN, POSITION_RULES, STD, block_tokens, default_dino_id, load_dino
 from .features import SDFeaturizer
@@ -351,8 +353,10 @@ class SDFrameConfig(FrameConfig):
     size and resized bicubically for other latent sizes); latent: the VAE posterior mean; layers:
     the UNet modules whose outputs are taken (SD-1.5 decoder blocks 2, 5, 8 of the LDM numbering:
     the hidden states entering them; UNCONFIRMED by running the original); prompt: the text
-    condition (``""``: the empty prompt; ``{category}`` is replaced); captioner: ``none`` (the only
-    value: ODISE's implicit CLIP-image captioner needs ODISE's checkpoint and is not reproduced);
+    condition (``""``: the empty prompt; ``{category}`` is replaced); captioner: ``none`` (no image
+    conditioning: the empty-prompt context) or ``odise`` (ODISE's implicit captioner, as the authors
+    run it; :mod:`sd4match.captioner`), with captioner_ckpt (ODISE's checkpoint) and clip_id (CLIP
+    ViT-L/14-336 in transformers layout, a folder or hub id);
     freeu: FreeU (b1 1.2, b2 1.4, s1 0.9, s2 0.2) ``off``, by GeoAware-SC's channel rule
     (``geoaware``) or by diffusers' up-block rule (``diffusers``); see :mod:`sd4match.freeu`.
     """
@@ -364,6 +368,8 @@ class SDFrameConfig(FrameConfig):
     layers: str = "up_blocks.0.resnets.1,up_blocks.1.attentions.1,up_blocks.2.attentions.1"
     prompt: str = ""
     captioner: str = "none"
+    captioner_ckpt: str = ""
+    clip_id: str = CLIP_HUB_ID
     freeu: str = "off"
 
     def __post_init__(self):
@@ -371,8 +377,10 @@ class SDFrameConfig(FrameConfig):
         object.__setattr__(self, "freeu", freeu_rules.parse(self.freeu))
         if not 0 <= self.t <= 999:
             raise ValueError(f"t must be in 0..999, got {self.t}")
-        if self.captioner != "none":
-            raise ValueError("captioner must be 'none': ODISE's implicit captioner is not available in plain diffusers")
+        if self.captioner not in CAPTIONERS:
+            raise ValueError(f"captioner must be one of {', '.join(CAPTIONERS)}, got {self.captioner!r}")
+        if self.captioner == "odise" and not self.captioner_ckpt:
+            raise ValueError(f"captioner: {CAPTIONER_HOW}")
         if self.window < 0 or (self.window and self.window > self.sd_size) or self.sd_size < 8:
             raise ValueError(f"window must be 0 or in 1..sd_size ({self.sd_size}), got {self.window}")
         if len([n for n in self.layers.split(",") if n.strip()]) != 3:
@@ -397,11 +405,13 @@ class SDFrameMatcher(FrameMatcher):
         super().__init__(config)
         cfg = self.config
         self._sd: SDFeaturizer | None = None
+        self._captioner = None
         self._layers = [n.strip() for n in cfg.layers.split(",") if n.strip()]
         self._prompts: dict[str, torch.Tensor] = {}
         self._sd_store = ImageStore(cfg.cache_dir, "sd-layers",
                                     [self.fingerprints()["model"], cfg.sd_size, cfg.window, cfg.t, cfg.layers,
-                                     cfg.prompt, cfg.freeu, cfg.pad, cfg.seed, cfg.dtype, cfg.device.split(":")[0]],
+                                     cfg.prompt, cfg.freeu, cfg.pad, cfg.seed, cfg.dtype, cfg.device.split(":")[0],
+                                     cfg.captioner, self.fingerprints().get("captioner"), self.fingerprints().get("clip")],
                                     self.device, limit=2 * self.memory_cache_size)
         self._stores.append(self._sd_store)
 
@@ -411,6 +421,16 @@ class SDFrameMatcher(FrameMatcher):
             from benchmarks.fingerprint import model_fingerprint
 
             out["model"] = model_fingerprint(self.config.model_id, self.config.seed, SD_FOLDERS)
+        if self.config.captioner == "odise" and "captioner" not in out:
+            from pathlib import Path
+
+            from benchmarks.fingerprint import file_digest, model_fingerprint
+
+            path = Path(self.config.captioner_ckpt).expanduser()
+            if not path.is_file():
+                raise MatcherError(f"{self.config.captioner_ckpt}: no ODISE checkpoint there; {CAPTIONER_HOW}")
+            out["captioner"] = file_digest(path, {})
+            out["clip"] = model_fingerprint(self.config.clip_id, self.config.seed)
         return out
 
     @property
@@ -426,13 +446,34 @@ class SDFrameMatcher(FrameMatcher):
             freeu_rules.enable(comps.unet, self.config.freeu)
         return self._sd
 
+    @property
+    def captioner(self):
+        """ODISE's captioner (``captioner=odise``), loaded on first use and checked against the UNet."""
+        if self._captioner is None and self.config.captioner == "odise":
+            from .captioner import load_captioner
+
+            cfg = self.config
+            print(f"loading the ODISE captioner from {cfg.captioner_ckpt} and CLIP from {cfg.clip_id} ...",
+                  file=sys.stderr, flush=True)
+            cap = load_captioner(cfg.captioner_ckpt, cfg.clip_id)
+            unet = self.sd.c.unet
+            cap.check_fits(int(unet.config.cross_attention_dim), int(unet.time_embedding.linear_2.out_features),
+                           cfg.captioner_ckpt)
+            self._captioner = cap.to(self.device, self.dtype)
+        return self._captioner
+
     def close(self) -> None:
         if self._sd is not None:
             self._sd.close()
             self._sd = None
+        self._captioner = None
 
     def describe(self) -> dict:
-        return {**super().describe(), "model_id": self.config.model_id, "captioner": self.config.captioner}
+        out = {**super().describe(), "model_id": self.config.model_id, "captioner": self.config.captioner,
+               "freeu": self.config.freeu}
+        if self.config.captioner == "odise":
+            out.update(captioner_ckpt=self.config.captioner_ckpt, clip_id=self.config.clip_id)
+        return out
 
     def _context(self, category: str) -> torch.Tensor:
         text = self.config.prompt.replace("{category}", category)
@@ -465,8 +506,14 @@ class SDFrameMatcher(FrameMatcher):
                 noise = self._noise(*lat.shape[-2:]).to(lat.device, lat.dtype).expand_as(lat)
                 tt = torch.full((len(lat),), int(cfg.t), device=lat.device, dtype=torch.long)
                 noisy = sd.c.scheduler.add_noise(lat, noise, tt)
-                ctx = self._context(infos[i].category).to(lat.device, self.dtype)[None].expand(len(lat), -1, -1)
-                feats = sd.layer_features(noisy, tt, ctx, self._layers)
+                ctx = self._context(infos[i].category).to(lat.device, self.dtype)
+                time_add = None
+                if self.captioner is not None:  # ODISE: a context and a time addition per window
+                    ctx, time_add = self.captioner(crops.to(self.device), ctx, ctx if cfg.prompt else None)
+                    ctx, time_add = ctx.to(self.dtype), time_add.to(self.dtype)
+                else:
+                    ctx = ctx[None].expand(len(lat), -1, -1)
+                feats = sd.layer_features(noisy, tt, ctx, self._layers, time_add)
                 out.append(tuple(_assemble(f.float(), offs, win, S) for f in feats))
             return out
 

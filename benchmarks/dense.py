@@ -31,6 +31,9 @@ from .matchers.base import ConfigError, Matcher, MatcherConfig, MatcherError, Pa
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+#: precisions that keep the weights in float32 and run the networks under ``torch.autocast`` (as
+#: SD4Match's evaluation does: float16 autocast on CUDA), as opposed to casting the weights
+AUTOCAST = {"float16-autocast": torch.float16, "bfloat16-autocast": torch.bfloat16}
 #: readouts a dense matcher offers: the grid readouts plus DIFT's upsampled nearest neighbour
 DENSE_READOUTS = (*R.READOUTS, "upsampled-nn")
 #: ``resize`` values -> Pillow's resampling filters
@@ -107,9 +110,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str) -> torch.dtype:
+    """The dtype the weights are stored in (float32 under autocast)."""
+    if name in AUTOCAST:
+        return torch.float32
     if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {name!r}; valid: auto, float32, float16, bfloat16")
+        raise ConfigError(f"unknown dtype {name!r}; valid: auto, float32, float16, bfloat16, "
+                          f"{', '.join(AUTOCAST)}")
     return DTYPES[name]
+
+
+def resolve_autocast(name: str) -> torch.dtype | None:
+    """The ``torch.autocast`` dtype of a precision name, or None (no autocast)."""
+    return AUTOCAST.get(name)
+
+
+def resolve_auto(gpu_dtype: str, device: str) -> str:
+    """What ``dtype=auto`` means for a matcher whose authors evaluated on GPUs in ``gpu_dtype``:
+    that precision on a CUDA device, float32 on the CPU."""
+    return gpu_dtype if str(device).startswith("cuda") else "float32"
 
 
 def _scale_xy(xy: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
@@ -117,10 +135,23 @@ def _scale_xy(xy: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
     return torch.stack([xy[:, 0] * sx, xy[:, 1] * sy], dim=1)
 
 
-def to_grid(xy: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, int]) -> torch.Tensor:
-    """Original pixels (x, y) of an image of ``size`` (W0, H0) -> grid coordinates on ``hw``."""
+def to_grid(xy: torch.Tensor, size: tuple[float, float], S: int, hw: tuple[int, int], clamp: bool = False) -> torch.Tensor:
+    """Original pixels (x, y) of an image of ``size`` (W0, H0) -> grid coordinates on ``hw`` (via the
+    S x S frame, align corners). ``clamp``: the frame position is first clamped into
+    [1e-4, S - 1 - 1e-4], as SD4Match's pair datasets clamp their keypoints."""
     (W0, H0), (h, w) = size, hw
-    return _scale_xy(xy, S / W0 * (w - 1) / (S - 1), S / H0 * (h - 1) / (S - 1))
+    if not clamp:
+        return _scale_xy(xy, S / W0 * (w - 1) / (S - 1), S / H0 * (h - 1) / (S - 1))
+    # SD4Match's arithmetic, bit for bit: x times the float32 ratio S / W0, clamped, then divided by
+    # S - 1 and multiplied by the grid size - 1, all in float32
+    ratio = torch.tensor([S / W0, S / H0], dtype=torch.float32, device=xy.device)
+    frame = (xy.float() * ratio).clamp(KP_MARGIN, S - 1 - KP_MARGIN)
+    return torch.stack([frame[:, 0] / (S - 1) * (w - 1), frame[:, 1] / (S - 1) * (h - 1)], dim=1)
+
+
+#: SD4Match's keypoint clamp (frame pixels from the border) and normalisation epsilon (grid readouts)
+KP_MARGIN = 1e-4
+NORM_EPS = 1e-6
 
 
 def grid_to_pixel(size: tuple[float, float], S: int, hw: tuple[int, int]) -> tuple[float, float]:
@@ -152,11 +183,17 @@ def patch_at(feat: torch.Tensor, xy: torch.Tensor, size: tuple[float, float]) ->
     return feat[:, cy, cx].T.float()
 
 
-def cosine_maps(src_vec: torch.Tensor, trg_feat: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of ``(N, C)`` vectors with every cell of ``(C, h, w)`` -> ``(N, h, w)``."""
+def cosine_maps(src_vec: torch.Tensor, trg_feat: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+    """Cosine similarity of ``(N, C)`` vectors with every cell of ``(C, h, w)`` -> ``(N, h, w)``.
+
+    ``eps`` None: ``x / max(||x||, 1e-12)`` (PyTorch's normalisation); a number: ``x / (||x|| + eps)``,
+    SD4Match's formula (``eps`` 1e-6), which the grid readouts use."""
     C, h, w = trg_feat.shape
-    a = F.normalize(src_vec.float(), dim=1)
-    b = F.normalize(trg_feat.float().reshape(C, -1), dim=0)
+    a, b = src_vec.float(), trg_feat.float().reshape(C, -1)
+    if eps is None:
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=0)
+    else:
+        a, b = a / (a.norm(dim=1, keepdim=True) + eps), b / (b.norm(dim=0, keepdim=True) + eps)
     return (a @ b).reshape(-1, h, w)
 
 
@@ -333,8 +370,7 @@ class DenseMatcher(Matcher):
     def __init__(self, config=None):
         super().__init__(config)
         if self.config.dtype == "auto":  # resolved before anything hashes the config
-            on_gpu = str(self.config.device).startswith("cuda")
-            self.config = dataclasses.replace(self.config, dtype=self.gpu_dtype if on_gpu else "float32")
+            self.config = dataclasses.replace(self.config, dtype=resolve_auto(self.gpu_dtype, self.config.device))
         cfg = self.config
         names = [r.strip() for r in cfg.readout.split(",") if r.strip()]
         bad = [r for r in names if r not in DENSE_READOUTS]
@@ -347,6 +383,7 @@ class DenseMatcher(Matcher):
             raise ConfigError(f"resize must be one of {', '.join(RESIZE)}, got {cfg.resize!r}")
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype)
+        self.autocast = resolve_autocast(cfg.dtype)
         settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NON_FEATURE_SETTINGS}
         settings.update(self.fingerprints())  # the weights themselves, not only their names
         self.feature_hash = _hash(self.name, settings)
@@ -618,9 +655,9 @@ class DenseMatcher(Matcher):
             if counts[k] == 0:
                 continue
             src_xy = flat[starts[k]:starts[k + 1]]
-            grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]))
-            if grid_readouts:
-                sims.append(cosine_maps(sample_at(fs, grid_src), ft))
+            if grid_readouts:  # SD4Match's evaluator: clamped keypoints, x / (||x|| + 1e-6)
+                grid_src = to_grid(src_xy, p.src_size, S, tuple(fs.shape[1:]), clamp=True)
+                sims.append(cosine_maps(sample_at(fs, grid_src), ft, eps=NORM_EPS))
                 scales.append(grid_to_pixel(p.trg_size, S, tuple(ft.shape[1:])))
             if patch_readouts:
                 psims.append(cosine_maps(patch_at(fs, src_xy, p.src_size), ft))
@@ -681,7 +718,8 @@ class DenseMatcher(Matcher):
         return row["category"]
 
     def describe(self) -> dict:
-        return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""), "precision": precision_name(self.dtype),
+        return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", ""),
+                "precision": precision_name(self.dtype, self.autocast),
                 "feature_hash": self.feature_hash, **self.stats}
 
 
@@ -693,8 +731,10 @@ def pixel_key(rgb) -> str:
     return h.hexdigest()
 
 
-def precision_name(dtype: torch.dtype) -> str:
-    """The name a results row records: float32, float16 or bfloat16."""
+def precision_name(dtype: torch.dtype, autocast: torch.dtype | None = None) -> str:
+    """The name a results row records: float32, float16, bfloat16, float16-autocast or bfloat16-autocast."""
+    if autocast is not None:
+        return str(autocast).replace("torch.", "") + "-autocast"
     return str(dtype).replace("torch.", "")
 
 

@@ -3,8 +3,9 @@
     python -m benchmarks.precision --model-id ../shared/golden/sd-stack --image-size 256 \\
         [--images A.png B.png ...] [--dtypes float16,bfloat16] [--device cpu|cuda]
 
-For DIFT's settings (t = 261, ensemble 8, one posterior sample per member) and SD4Match's
-(t = 50, ensemble 8, one shared sample), the same images, prompt and noise go through the VAE and
+Precisions: ``float16`` / ``bfloat16`` cast the weights; ``*-autocast`` keep them in float32 and
+run under ``torch.autocast`` (SD4Match's evaluation). For DIFT's settings (t = 261, ensemble 8, one
+posterior sample per member) and SD4Match's (t = 50, ensemble 8, one shared sample), the same images, prompt and noise go through the VAE and
 the UNet in float32 and in each other precision; printed per precision: the largest absolute
 difference of the feature maps relative to their largest magnitude, and the relative Frobenius
 norm of the difference. Precision is part of a result's protocol (recorded in ``run.json``,
@@ -42,7 +43,7 @@ def deviation(model_id: str, size: int, dtypes: list[str], device: str, paths: l
     """(settings, dtype, max relative deviation, Frobenius relative deviation) rows."""
     import torch
 
-    from benchmarks.dense import resolve_dtype
+    from benchmarks.dense import resolve_autocast, resolve_dtype
     from sd4match.features import SDFeaturizer
     from sd4match.models import load_components
 
@@ -51,7 +52,7 @@ def deviation(model_id: str, size: int, dtypes: list[str], device: str, paths: l
     feats: dict[tuple[str, str], torch.Tensor] = {}
     for name in ["float32", *dtypes]:
         comps = load_components(model_id, seed=0)
-        sd = SDFeaturizer(comps, 1, device, resolve_dtype(name))
+        sd = SDFeaturizer(comps, 1, device, resolve_dtype(name), autocast=resolve_autocast(name))
         with torch.no_grad():
             ctx = sd.encode_text(["a photo of a car"]).expand(len(images), -1, -1)
             mean, std = sd.posterior(images.to(sd.device, sd.dtype))
@@ -71,17 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.splitlines()[0])
     p.add_argument("--model-id", default="tiny")
     p.add_argument("--image-size", type=int, default=256)
-    p.add_argument("--dtypes", default="float16,bfloat16")
+    p.add_argument("--dtypes", default="float16,float16-autocast,bfloat16,bfloat16-autocast")
     p.add_argument("--device", default="cpu")
     p.add_argument("--images", nargs="*", type=Path, default=[])
     args = p.parse_args(argv)
-    from benchmarks.dense import DTYPES
+    from benchmarks.dense import AUTOCAST, DTYPES
     from benchmarks.matchers.base import ConfigError, MatcherError
 
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    bad = [d for d in dtypes if d not in DTYPES]
+    bad = [d for d in dtypes if d not in DTYPES and d not in AUTOCAST]
     if bad or args.image_size < 16 or args.image_size % 8:
-        print(f"error: --dtypes must name float16/bfloat16 (got {bad or dtypes}) and --image-size be a multiple of 8 "
+        print(f"error: --dtypes must name float16/bfloat16/float16-autocast/bfloat16-autocast (got {bad or dtypes}) and --image-size be a multiple of 8 "
               f">= 16 (got {args.image_size})", file=sys.stderr)
         return 2
     try:
@@ -93,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"feature deviation from float32 ({args.model_id}, {args.image_size} x {args.image_size}, {args.device})")
-    print(f"{'settings':<10} {'dtype':<10} {'max |d| / max |f|':>18} {'||d|| / ||f||':>14}")
+    print(f"{'settings':<10} {'dtype':<18} {'max |d| / max |f|':>18} {'||d|| / ||f||':>14}")
     for method, name, mx, fro in rows:
-        print(f"{method:<10} {name:<10} {mx:>18.2e} {fro:>14.2e}")
+        print(f"{method:<10} {name:<18} {mx:>18.2e} {fro:>14.2e}")
     return 0
 
 

@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", default=None, help="PCK thresholds, e.g. 0.01,0.05,0.1,0.15 (default 0.05,0.1,0.15)")
     p.add_argument("--model-id", dest="model_id", default=None, help="hub id or local folder of the model")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", default=None, help="auto (default: float32 on CPU, the authors' precision on GPU), float32, float16 or bfloat16")
+    p.add_argument("--dtype", default=None, help="auto (default: float32 on CPU, the authors' precision on GPU), float32, float16, bfloat16, float16-autocast or bfloat16-autocast")
     p.add_argument("--batch-size", dest="batch_size", default=None,
                    help="images (pairs for CPM) per forward pass, or 'auto' for the largest that fits")
     p.add_argument("--seed", type=int, default=None)

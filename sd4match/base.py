@@ -123,7 +123,7 @@ class SDMatcherBase(DenseMatcher):
             print(f"loading Stable Diffusion from {self.config.model_id} ...", file=sys.stderr, flush=True)
             comps = load_components(self.config.model_id, seed=self.config.seed)
             self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype, self.config.channels_last,
-                                    self.config.compile, self.config.attention)
+                                    self.config.compile, self.config.attention, autocast=self.autocast)
         return self._sd
 
     def eager(self):

@@ -46,7 +46,7 @@ class SDFeaturizer:
 
     def __init__(self, components: SDComponents, up_block: int = 1, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, channels_last: bool = False, compile: bool = False,
-                 attention: str = "auto"):
+                 attention: str = "auto", autocast: torch.dtype | None = None):
         n_up = len(components.unet.up_blocks)
         if not 0 <= up_block < n_up:
             raise ValueError(f"up_block must be in 0..{n_up - 1}, got {up_block}")
@@ -57,6 +57,8 @@ class SDFeaturizer:
         self.up_block = up_block
         self.device = torch.device(device)
         self.dtype = dtype
+        #: run the networks under ``torch.autocast`` in this dtype (weights stay in ``dtype``), or None
+        self.autocast = autocast
         for m in (components.vae, components.unet, components.text_encoder):
             m.to(self.device, dtype=dtype)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -106,6 +108,12 @@ class SDFeaturizer:
         finally:
             self._eager = previous
 
+    def amp(self):
+        """The autocast context of this featurizer (a no-op without autocast)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
+
     # ------------------------------------------------------------------ text
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
@@ -113,14 +121,16 @@ class SDFeaturizer:
         tok = self.c.tokenizer
         ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
                   return_tensors="pt").input_ids.to(self.device)
-        return self.c.text_encoder(ids)[0]
+        with self.amp():
+            return self.c.text_encoder(ids)[0]
 
     # ------------------------------------------------------------------ image
     @torch.no_grad()
     def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """VAE posterior (mean, std) of ``(B, 3, S, S)`` images in [-1, 1]; unscaled latents."""
         x = images.to(self.device, self.dtype).contiguous(memory_format=self.memory_format)
-        dist = self.c.vae.encode(x).latent_dist
+        with self.amp():
+            dist = self.c.vae.encode(x).latent_dist
         return dist.mean, dist.std
 
     def _noise(self, keys: list[str], seed: int, shape: tuple, ensemble: int, n_eps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,7 +192,7 @@ class SDFeaturizer:
             start.record()
         backend = contextlib.nullcontext() if self.attention == "auto" else _sdpa_backend(self.attention)
         try:
-            with backend:
+            with backend, self.amp():
                 self.c.unet(noisy, t, encoder_hidden_states=context)
         except _Stop:
             pass
@@ -227,7 +237,8 @@ class SDFeaturizer:
         except AttributeError as exc:
             raise ValueError(f"the UNet has no module {exc}; layers are names such as up_blocks.2.attentions.1") from None
         try:
-            self.c.unet(noisy.contiguous(memory_format=self.memory_format), t, encoder_hidden_states=context)
+            with self.amp():
+                self.c.unet(noisy.contiguous(memory_format=self.memory_format), t, encoder_hidden_states=context)
         except _Stop:
             pass
         finally:

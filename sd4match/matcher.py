@@ -55,8 +55,8 @@ TINY = {"model_id": "tiny", "dino_id": "tiny", "image_size": 32, "ensemble": 2, 
 
 class SD4MatchMatcher(SDMatcherBase):
     variant = ""
-    #: SD4Match evaluates under float16 autocast on GPUs
-    gpu_dtype = "float16"
+    #: SD4Match evaluates under float16 autocast on GPUs (weights float32, autocast float16)
+    gpu_dtype = "float16-autocast"
     Config = SD4MatchConfig
     presets = {"tiny": TINY, "fast": {"ensemble": 1}}
 
@@ -139,7 +139,8 @@ class SD4MatchMatcher(SDMatcherBase):
         for c in set(categories):
             if c not in self._contexts:
                 tokens = self._prompt([self.prompt_category(c)]).to(self.dtype)
-                self._contexts[c] = self._encoder(tokens)[0]
+                with self.sd.amp():
+                    self._contexts[c] = self._encoder(tokens)[0]
         return torch.stack([self._contexts[c] for c in categories])
 
     # ------------------------------------------------------------------ features
@@ -208,9 +209,10 @@ class CPMMatcher(SD4MatchMatcher):
     @torch.no_grad()
     def pair_context(self, src_infos, trg_infos) -> torch.Tensor:
         self._setup_prompt()
-        tokens = self._prompt([i.category for i in src_infos], src_dino=self.dino_tokens(src_infos),
-                              trg_dino=self.dino_tokens(trg_infos))
-        return self._encoder(tokens.to(self.dtype))
+        src, trg = self.dino_tokens(src_infos), self.dino_tokens(trg_infos)  # float32, as SD4Match precomputed them
+        with self.sd.amp():
+            tokens = self._prompt([i.category for i in src_infos], src_dino=src, trg_dino=trg)
+            return self._encoder(tokens.to(self.dtype))
 
     def pair_features(self, pairs):
         """Features per pair: the same CPM prompt conditions both images of a pair."""

@@ -122,7 +122,46 @@ def test_dtype_auto_resolves_to_the_authors_precision():
 
     assert DiftMatcher.from_settings("tiny").config.dtype == "float32"
     assert CPMMatcher.from_settings("tiny").config.dtype == "float32"  # on the CPU
-    assert (DiftMatcher.gpu_dtype, CPMMatcher.gpu_dtype) == ("float32", "float16")
+    assert (DiftMatcher.gpu_dtype, CPMMatcher.gpu_dtype) == ("float32", "float16-autocast")
+
+
+@pytest.mark.parametrize("name,want,weights", [("dift", "float32", torch.float32),
+                                               ("single", "float16-autocast", torch.float32),
+                                               ("cpm", "float16-autocast", torch.float32),
+                                               ("geoaware-zs", "float32", torch.float32)])
+def test_dtype_auto_on_a_cuda_device_without_a_gpu(monkeypatch, name, want, weights):
+    """``--dtype auto --device cuda`` resolves before any model loads: DIFT float32 (its authors'),
+    SD4Match float16 *autocast* (weights kept in float32, as SD4Match's test script runs), recorded
+    as such; CUDA is faked, nothing runs on it."""
+    from benchmarks import registry
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    m = registry.load_class(name).from_settings("tiny", device="cuda")
+    assert m.config.dtype == want
+    assert m.dtype == weights
+    assert m.autocast == (torch.float16 if want.endswith("autocast") else None)
+    assert m.describe()["precision"] == want
+    # the resolved name is part of the feature hash: CPU float32 features are never reused for it
+    cpu = registry.load_class(name).from_settings("tiny", device="cpu")
+    assert cpu.config.dtype == "float32" and cpu.feature_hash != m.feature_hash
+
+
+def test_autocast_runs_the_networks_in_half_precision_with_float32_weights():
+    from benchmarks import registry
+
+    m = registry.load_class("single").from_settings("tiny", dtype="bfloat16-autocast", ensemble=1)
+    seen = []
+    hook = m.sd.c.unet.conv_in.register_forward_hook(lambda mod, i, o: seen.append((mod.weight.dtype, o.dtype)))
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        mean, std = m.sd.posterior(x * 2 - 1)
+        m.sd.features(mean, std, torch.zeros(1, 77, m.sd.c.text_encoder.config.hidden_size), keys=["k"], t=50,
+                      ensemble=1, seed=0)
+    hook.remove()
+    assert seen == [(torch.float32, torch.bfloat16)]
+    assert m.describe()["precision"] == "bfloat16-autocast"
+    m.close()
 
 
 def test_precision_travels_with_results(tmp_path):
@@ -148,7 +187,8 @@ def test_precision_cli_prints_deviation(capsys):
     assert main(["--model-id", "tiny", "--image-size", "64"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("dift", "sd4match"))]
-    assert [r[:2] for r in rows] == [["dift", "float16"], ["dift", "bfloat16"], ["sd4match", "float16"], ["sd4match", "bfloat16"]]
+    names = ["float16", "float16-autocast", "bfloat16", "bfloat16-autocast"]
+    assert [r[:2] for r in rows] == [[m, n] for m in ("dift", "sd4match") for n in names]
     dev = {(r[0], r[1]): float(r[2]) for r in rows}
     assert all(0 < v < 0.2 for v in dev.values())
     assert dev[("dift", "bfloat16")] > dev[("dift", "float16")]  # 8 mantissa bits against 11

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from benchmarks import readouts as R
 from benchmarks.dense import (
     ImageInfo,
+    NORM_EPS,
     cosine_maps,
     sample_at,
     to_grid,
@@ -276,7 +277,7 @@ SD4M_READOUTS = {"nn": "nn", "softmax": "soft-argmax", "kernelsoftmax": "kernel-
 
 
 def _check_grid_readouts(fs, ft, query, prefix, g):
-    sim = cosine_maps(sample_at(fs, query), ft)
+    sim = cosine_maps(sample_at(fs, query), ft, eps=NORM_EPS)  # SD4Match's x / (||x|| + 1e-6)
     for theirs, ours in SD4M_READOUTS.items():
         got = R.apply(ours, sim, temperature=0.04, sigma=7.0)
         want = g[f"{prefix}_{theirs}_grid"]
@@ -294,18 +295,20 @@ def test_sd4match_readouts_on_its_features(frame, variant):
     fs, ft = feats["src_features"][0], feats["trg_features"][0]
     # original pixels -> grid, as the dense base maps them (SD4Match: frame F, then align corners)
     src = torch.tensor(info["src_kps_original"], dtype=torch.float32)
-    query = to_grid(src, tuple(info["src_original_size_wh"]), frame, (16, 16))
-    assert (query - g[f"f{frame}_query_grid"]).abs().max() <= 1e-4
+    query = to_grid(src, tuple(info["src_original_size_wh"]), frame, (16, 16), clamp=True)
+    assert (query - g[f"f{frame}_query_grid"]).abs().max() <= 1e-6  # bit for bit in practice
     _check_grid_readouts(fs, ft, g[f"f{frame}_query_grid"], f"f{frame}_{variant}", g)
+    _check_grid_readouts(fs, ft, query, f"f{frame}_{variant}", g)  # the toolkit's own query grid
 
 
 @pytest.mark.parametrize("case", ["sd4m_case0", "sd4m_case1", "sd4m_case2"])
 def test_sd4match_readouts_random_maps(case):
     g = load_file(str(golden("readouts", "sd4match_dift.safetensors")))
     sizes = json.loads(golden("readouts", "readouts_sd4match_dift.json").read_text())["sd4match"][case]
-    query = to_grid(g[f"{case}_src_kps_original"].float(), tuple(sizes["src_original_size_wh"]), 768, (48, 48))
-    assert (query - g[f"{case}_query_grid"]).abs().max() <= 1e-4
+    query = to_grid(g[f"{case}_src_kps_original"].float(), tuple(sizes["src_original_size_wh"]), 768, (48, 48), clamp=True)
+    assert (query - g[f"{case}_query_grid"]).abs().max() <= 1e-6
     _check_grid_readouts(g["src_ft"][0], g["trg_ft"][0], g[f"{case}_query_grid"], case, g)
+    _check_grid_readouts(g["src_ft"][0], g["trg_ft"][0], query, case, g)  # the toolkit's own query grid
 
 
 @pytest.mark.parametrize("window", [7, 5, 0])

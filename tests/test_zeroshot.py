@@ -111,7 +111,7 @@ class _FakeSD:
     def encode_text(self, prompts):
         return torch.zeros(len(prompts), 77, 4)
 
-    def layer_features(self, noisy, t, ctx, layers):
+    def layer_features(self, noisy, t, ctx, layers, time_add=None):
         img = noisy[:, :3]
         m = img.shape[-1]
         return [colour_cells(img, m // 8, 1), colour_cells(img, m // 4, 2), colour_cells(img, m // 2)]
@@ -122,7 +122,7 @@ class _FakeSD:
 
 def _stand_ins(monkeypatch, matcher):
     monkeypatch.setattr(Z, "block_tokens", _fake_tokens)
-    monkeypatch.setattr(Z, "load_dino", lambda model_id, seed=0: (_Dino(), None))
+    monkeypatch.setattr(Z, "load_dino", lambda model_id, seed=0, positions="hub": (_Dino(), None))
     if isinstance(matcher, Z.SDFrameMatcher):
         matcher._sd = _FakeSD()
     return matcher
@@ -223,7 +223,7 @@ def test_mnn_searches_only_mutual_cells():
 
 # ----------------------------------------------------------------------------------------------- settings, head
 def test_frame_matchers_refuse_grid_readouts_and_bad_settings():
-    from benchmarks.matchers.base import ConfigError
+    from benchmarks.matchers.base import ConfigError, MatcherError
 
     cls = registry.load_class("dinov2")
     with pytest.raises(ConfigError, match="not offered in the padded frame"):
@@ -232,8 +232,16 @@ def test_frame_matchers_refuse_grid_readouts_and_bad_settings():
         cls.from_settings("tiny", flip="always")
     with pytest.raises(ConfigError, match="multiple of DINOv2's 14-pixel patch"):
         cls.from_settings("tiny", image_size=100)
-    with pytest.raises(ConfigError, match="captioner must be 'none'"):
+    with pytest.raises(ConfigError, match="captioner must be one of none, odise"):
+        registry.load_class("sd-dino").from_settings("tiny", captioner="blip")
+    with pytest.raises(ConfigError, match="captioner=odise needs ODISE's released checkpoint"):
         registry.load_class("sd-dino").from_settings("tiny", captioner="odise")
+    with pytest.raises(MatcherError, match="no ODISE checkpoint there"):
+        registry.load_class("geoaware-zs").from_settings("tiny", captioner="odise", captioner_ckpt="/nonexistent/odise.pth")
+    with pytest.raises(ConfigError, match="freeu must be one of off, geoaware, diffusers"):
+        registry.load_class("geoaware-zs").from_settings("tiny", freeu="sometimes")
+    with pytest.raises(ConfigError, match="dino_pos must be one of hub, transformers"):
+        registry.load_class("dinov2").from_settings("tiny", dino_pos="nearest")
 
 
 def test_geoaware_head_checkpoint(tmp_path):

@@ -160,3 +160,54 @@ def test_upsampled_nn_batch_equals_the_per_pair_path(C, h):
             assert best - cos[k, y1, x1] < 1e-6 and best - cos[k, y2, x2] < 1e-6, (b, k)
             ties += 1
     assert ties <= 2  # ties are rare; most keypoints must agree exactly
+
+
+def test_grid_readouts_normalise_as_sd4match():
+    """x / (||x|| + 1e-6) (SD4Match's evaluator), not x / max(||x||, eps): on features of small norm
+    the two differ by far more than the readout tolerance."""
+    from benchmarks.dense import NORM_EPS, cosine_maps
+
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(4, 8, generator=g) * 1e-6
+    trg = torch.randn(8, 5, 5, generator=g) * 1e-6
+    want = (src / (src.norm(dim=1, keepdim=True) + 1e-6)) @ (trg / (trg.norm(dim=0, keepdim=True) + 1e-6)).reshape(8, -1)
+    got = cosine_maps(src, trg, eps=NORM_EPS)
+    torch.testing.assert_close(got, want.reshape(4, 5, 5), rtol=1e-6, atol=0)
+    plain = cosine_maps(src, trg)
+    assert (plain - got).abs().max() > 0.1
+
+
+def test_dense_grid_readouts_use_sd4match_normalisation_and_clamp(monkeypatch, tmp_path):
+    """The dense matchers' grid path hands SD4Match's epsilon to the cosine and clamps the source
+    keypoints into the frame (a keypoint on the border maps to 1e-4 frame pixels, not 0)."""
+    import numpy as np
+
+    import benchmarks.dense as D
+    from benchmarks import registry
+    from benchmarks.matchers.base import Pair
+    from loaders.testing import write_spair_root
+
+    seen = []
+    real_cos, real_grid = D.cosine_maps, D.to_grid
+
+    def cos(src, trg, eps=None):
+        seen.append(("cos", eps))
+        return real_cos(src, trg, eps=eps)
+
+    def grid(xy, size, S, hw, clamp=False):
+        seen.append(("grid", clamp))
+        return real_grid(xy, size, S, hw, clamp=clamp)
+
+    monkeypatch.setattr(D, "cosine_maps", cos)
+    monkeypatch.setattr(D, "to_grid", grid)
+    import loaders
+
+    root = tmp_path / "spair"
+    write_spair_root(root, {"test": 1}, images=True)
+    table = loaders.load("spair-71k", root, "test")
+    pair = Pair(table.slice(0, 1).to_pylist()[0], root)
+    m = registry.load_class("single").from_settings("tiny", readout="soft-argmax")
+    m.predict([pair])
+    assert ("cos", D.NORM_EPS) in seen and ("grid", True) in seen
+    on_border = real_grid(torch.tensor([[0.0, 0.0], [300.0, 200.0]]), (300, 200), 768, (48, 48), clamp=True)
+    np.testing.assert_allclose(on_border.numpy(), [[1e-4 / 767 * 47] * 2, [(767 - 1e-4) / 767 * 47] * 2], rtol=1e-6)

@@ -55,7 +55,7 @@ def main() -> None:
     dtype = resolve_dtype("float32" if faithful else args.dtype)
     if not faithful:  # a speed comparison: TF32 matmuls where float32 remains
         torch.backends.cuda.matmul.allow_tf32 = True
-    print(f"precision: {'auto (DIFT float32, SD4Match float16)' if faithful else args.dtype}; "
+    print(f"precision: {'auto (DIFT float32, SD4Match float16-autocast)' if faithful else args.dtype}; "
           f"TF32 matmul {torch.backends.cuda.matmul.allow_tf32}, TF32 cuDNN {torch.backends.cudnn.allow_tf32}")
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, dtype {dtype}")
     t0 = time.perf_counter()

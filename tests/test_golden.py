@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 
 from benchmarks import readouts as R
 from benchmarks.dense import (
-    ImageInfo,
     NORM_EPS,
+    ImageInfo,
     cosine_maps,
     sample_at,
     to_grid,

@@ -60,6 +60,16 @@ def bootstrap_interval(W: np.ndarray, correct: np.ndarray, counts: np.ndarray, h
     return np.stack([lo, hi], axis=1)
 
 
+#: the ``category`` of whole-split rows; a dataset category with this very name (AP-10K's
+#: cross-family split calls its one category "all") is written as :func:`category_label` says
+WHOLE_SPLIT = "all"
+
+
+def category_label(name: str) -> str:
+    """A dataset category as results name it: never equal to the whole-split marker."""
+    return f"{name} (category)" if str(name) == WHOLE_SPLIT else str(name)
+
+
 def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
     return {
         "precision": "no-model", "tta": "none", "split_pairs": None, "subset": "all", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
@@ -79,6 +89,7 @@ def evaluate(
     """
     pairs = PairArrays.from_table(dataset_rows)
     cats, cat_idx = np.unique(pairs.category.astype(str), return_inverse=True)
+    cats = np.array([category_label(c) for c in cats], dtype=object)
     n_pairs_cat = np.bincount(cat_idx, minlength=len(cats))
     counts = np.diff(pairs.offsets)
     n_kps_cat = np.bincount(cat_idx, counts, minlength=len(cats)).astype(int)
@@ -153,7 +164,7 @@ def per_pair_table(dataset_rows: pa.Table, preds: dict[str, np.ndarray], protoco
             for a, alpha in enumerate(proto.alphas):
                 n = len(counts)
                 cols["pair_id"] += list(pairs.pair_id)
-                cols["category"] += list(pairs.category)
+                cols["category"] += [category_label(c) for c in pairs.category]
                 cols["readout"] += [readout] * n
                 cols["protocol"] += [proto.name] * n
                 cols["threshold"] += [proto.threshold] * n
@@ -173,7 +184,10 @@ def to_csv_text(df: pd.DataFrame) -> str:
 
 def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, protocol_names: list[str] | None,
                   matcher: str, layout: str | None = None, precision: str = "unknown",
-                  alphas: tuple[float, ...] | None = None, tta: str = "unknown") -> tuple[pd.DataFrame, pd.DataFrame]:
+                  alphas: tuple[float, ...] | None = None, tta: str = "unknown",
+                  per_pair_out: list | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(results, breakdowns) of a predictions file; ``per_pair_out`` (a list) receives the per-pair
+    table and the protocols used."""
     import loaders
 
     from . import predictions as P
@@ -183,6 +197,8 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
     rows, xy = P.align(pred, table, source=str(predictions))
     protos = protocols_for(dataset, protocol_names, alphas)
     subset = "all" if rows.num_rows == table.num_rows else f"{rows.num_rows} predicted"
+    if per_pair_out is not None:
+        per_pair_out += [per_pair_table(rows, xy, protos), protos, subset, table.num_rows, rows.num_rows]
     return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision,
                                        "tta": tta, "split_pairs": table.num_rows, "subset": subset})
 
@@ -210,13 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace results.csv / breakdowns.csv already in --out")
     args = p.parse_args(argv)
     out = args.out or args.predictions.parent / "evaluate"
-    if not args.overwrite and any((out / f).exists() for f in ("results.csv", "breakdowns.csv")):
+    if not args.overwrite and any((out / f).exists() for f in ("results.csv", "breakdowns.csv", "per_pair.parquet")):
         print(f"error: {out} already holds results.csv; pass --overwrite to replace them or choose another --out "
               "(a run's own results are never replaced silently)", file=sys.stderr)
         return 2
     matcher = args.matcher
     precision = tta = "unknown"
     run_json = args.predictions.parent / "run.json"
+    record: dict = {}
     if run_json.is_file():
         try:
             record = json.loads(run_json.read_text())
@@ -224,18 +241,34 @@ def main(argv: list[str] | None = None) -> int:
                 matcher = matcher or record.get("matcher")
                 precision = str(record.get("precision") or precision)
                 tta = str(record.get("tta") or "none")
+            else:
+                record = {}
         except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-            pass
+            record = {}
     try:
         import loaders
 
         loaders.api.check_names(args.dataset, args.split, args.layout)
         args.data_root = loaders.api.ensure_root(args.dataset, args.data_root)
+        extra: list = []
         results, breakdowns = evaluate_file(args.predictions, args.dataset, args.data_root, args.split,
                                             args.protocol, matcher or "unknown", args.layout, precision,
-                                            parse_alphas(args.alphas) if args.alphas else None, tta)
+                                            parse_alphas(args.alphas) if args.alphas else None, tta, extra)
+        per_pair, protos, subset, split_pairs, n_pairs = extra
+        from loaders.atomic import write_parquet
+
+        write_parquet(per_pair, out / "per_pair.parquet")
         write_text(out / "results.csv", to_csv_text(results))
         write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
+        # what made these numbers: the predictions' run (its provenance and settings) and the re-scoring
+        rescored = {k: record[k] for k in ("matcher", "preset", "config", "config_hash", "provenance", "readouts",
+                                           "matcher_info", "precision", "tta") if k in record}
+        rescored.update({"matcher": matcher or "unknown", "dataset": args.dataset, "split": args.split,
+                         "layout": args.layout, "protocols": [p.to_dict() for p in protos], "subset": subset,
+                         "split_pairs": split_pairs, "n_pairs": n_pairs, "complete": subset == "all",
+                         "evaluated_from": str(args.predictions.resolve()),
+                         "command": " ".join(["python -m benchmarks.evaluate", *(argv or sys.argv[1:])])})
+        write_text(out / "run.json", json.dumps(rescored, indent=2, sort_keys=True, default=str) + "\n")
     except (DatasetError, PredictionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -243,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {getattr(exc, 'filename', None) or out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
         return 2
     print(summary(results))
-    print(f"wrote {out / 'results.csv'} ({len(results)} rows) and {out / 'breakdowns.csv'} ({len(breakdowns)} rows)")
+    print(f"wrote {out / 'results.csv'} ({len(results)} rows), {out / 'breakdowns.csv'} ({len(breakdowns)} rows), "
+          f"{out / 'per_pair.parquet'} and {out / 'run.json'}")
     return 0
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .matchers.base import ConfigError, MatcherError, Pair, config_hash, parse_settings
+from .provenance import provenance
 
 #: CLI flags that map onto matcher settings of the same name (when the matcher has them)
 SETTING_FLAGS = ("model_id", "device", "dtype", "batch_size", "seed", "cache_dir", "readout", "checkpoint")
@@ -462,6 +463,7 @@ def run(args) -> Path:
         "precision": precision,
         "tta": tta,
         "matcher_info": matcher.describe(),
+        "provenance": provenance(args.matcher, cls, args.preset, matcher.config, chash),
         "matcher_source": matcher_source(cls),
         "versions": package_versions(),
         "git": git_hash(),

@@ -1,30 +1,49 @@
-"""``python -m leaderboard build RUN_DIRS... --out DIR``: per-dataset CSV, Markdown and PNG plots."""
+"""``python -m leaderboard build RUN_DIRS... --out DIR`` and ``python -m leaderboard compare RUN_A RUN_B``."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m leaderboard")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build leaderboards from run folders")
     b.add_argument("runs", nargs="+", type=Path, help="folders written by python -m benchmarks.run")
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--reported", type=Path, default=None, help="CSV of published numbers (default: the bundled one)")
-    b.add_argument("--format", default="md,csv", help="comma-separated: md, csv, tex (default md,csv)")
-    b.add_argument("--alpha", type=float, default=0.1, help="the alpha of the per-protocol tables (default 0.1)")
+    b.add_argument("--format", default="md,csv", help="comma-separated: md, csv, tex, html (default md,csv)")
+    b.add_argument("--alpha", type=_alpha, default=0.1, help="the alpha of the per-protocol tables (default 0.1)")
+    b.add_argument("--label", action="append", default=[], metavar="RUN=NAME",
+                   help="show run folder RUN as NAME (a paper's name; repeatable); random weights stay said")
+    b.add_argument("--figures", default="png,pdf,svg", help="figure formats, comma-separated: png, pdf, svg")
     b.add_argument("--plot-readouts", action="store_true", help="plot every readout (default: each method's best)")
     c = sub.add_parser("compare", help="paired comparison of two runs (difference and its bootstrap interval)")
     c.add_argument("run_a", type=Path)
     c.add_argument("run_b", type=Path)
-    c.add_argument("--protocol", default="sd4match")
-    c.add_argument("--readout", default=None, help="required when a run holds several readouts")
-    c.add_argument("--alpha", type=float, default=0.1)
-    args = p.parse_args(argv)
-    from .core import LeaderboardError, build, read_reported
+    c.add_argument("--protocol", default=None, help="protocol preset (default: the main protocol of the runs' dataset)")
+    c.add_argument("--readout", default=None,
+                   help="readout of both runs (default: each run's own, the first its matcher computes)")
+    c.add_argument("--alpha", type=_alpha, default=0.1)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .core import LeaderboardError, build, parse_labels, read_reported
 
     if args.command == "compare":
         from .compare import compare
@@ -40,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         reported = read_reported(args.reported) if args.reported else None
         formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-        written = build(args.runs, args.out, reported, formats, args.alpha, args.plot_readouts)
+        figs = tuple(f.strip() for f in args.figures.split(",") if f.strip())
+        if not figs or any(f not in ("png", "pdf", "svg") for f in figs):
+            raise LeaderboardError(f"--figures takes a comma-separated subset of png, pdf, svg, got {args.figures!r}")
+        written = build(args.runs, args.out, reported, formats, args.alpha, args.plot_readouts,
+                        parse_labels(args.label), figs)
     except (LeaderboardError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,12 +1,11 @@
-"""Leaderboards laid out as papers print them.
+"""The full leaderboards: every protocol table and every readout.
 
 Per dataset: one table per protocol (frame, threshold, aggregate), its protocol stated once in the
-caption; rows = methods (and readouts where they differ), columns = All and every category at one
-alpha, in percent, with the 95% bootstrap half-width beside each measured All. Presets that
-compute the same numbers (``dift`` and ``original`` with the same aggregate) share one table,
-named after both. Then one compact summary table: All at every alpha, one row per method,
-readout and protocol. Published numbers sit beside measured ones, marked ``reported``; partial
-runs carry their mark in the method's name. Output as Markdown, CSV and LaTeX.
+caption; rows = methods x readouts, columns = All (with the 95% bootstrap half-width) and every
+category at one alpha, in percent. Presets that compute the same numbers (``dift`` and
+``original`` with the same aggregate) share one table, named after both. Then one summary table:
+All at every alpha, one row per method, readout and protocol. Published numbers sit beside
+measured ones, marked ``reported``; partial runs carry their mark in the method's name.
 """
 
 from __future__ import annotations
@@ -15,20 +14,16 @@ import io
 
 import pandas as pd
 
+from . import render as R
+from .runs import WHOLE
+
 ROW = ["kind", "method", "readout", "precision", "tta", "run"]
 PROTO = ["frame", "threshold", "aggregate"]
 
 
-def _fmt(v) -> str:
-    return "" if v is None or (isinstance(v, float) and pd.isna(v)) else (f"{v:.1f}" if isinstance(v, float) else str(v))
-
-
 def protocol_groups(d: pd.DataFrame) -> list[tuple[tuple, str]]:
     """(frame, threshold, aggregate) of each table and the preset names that give it, sorted."""
-    groups = []
-    for key, g in d.groupby(PROTO, sort=True):
-        groups.append((key, ", ".join(sorted(set(g["protocol"].astype(str))))))
-    return groups
+    return [(key, ", ".join(sorted(set(g["protocol"].astype(str))))) for key, g in d.groupby(PROTO, sort=True)]
 
 
 def _dedupe(g: pd.DataFrame) -> pd.DataFrame:
@@ -47,23 +42,22 @@ def protocol_table(d: pd.DataFrame, key: tuple, alpha: float) -> pd.DataFrame:
     g = _dedupe(g[(g["alpha"] - alpha).abs() < 1e-9])
     if g.empty:
         return pd.DataFrame()
-    cats = sorted(set(g["category"]) - {"all"})
+    cats = sorted(set(g["category"]) - {WHOLE})
     table = g.pivot_table(index=ROW, columns="category", values="pck", aggfunc="first", sort=True) * 100
-    table = table.reindex(columns=["all", *cats]).rename(columns={"all": "All"}).round(1)
-    alls = g[g["category"] == "all"].set_index(ROW)
+    table = table.reindex(columns=[WHOLE, *cats]).rename(columns={WHOLE: "All"}).round(1)
+    alls = g[g["category"] == WHOLE].set_index(ROW)
     table["All +-"] = ((alls["ci_high"] - alls["ci_low"]) * 50).round(1).reindex(table.index)
     table["pairs"] = [("published" if pd.isna(n) else f"{int(n)}/{'?' if pd.isna(t) else int(t)}")
                       for n, t in zip(alls["n_pairs"].reindex(table.index), alls["split_pairs"].reindex(table.index))]
     table["note"] = alls["note"].reindex(table.index).fillna("")
     table = table.reset_index()
     table["kind"] = pd.Categorical(table["kind"], ["measured", "reported"], ordered=True)
-    return table.sort_values(["kind", "method", "readout", "precision", "tta", "run"], kind="mergesort").reset_index(drop=True).astype(
-        {"kind": str})
+    return table.sort_values(ROW, kind="mergesort").reset_index(drop=True).astype({"kind": str})
 
 
 def summary_table(d: pd.DataFrame) -> pd.DataFrame:
     """All at every alpha: one row per (method, readout, protocol table)."""
-    a = d[d["category"] == "all"].copy()
+    a = d[d["category"] == WHOLE].copy()
     if a.empty:
         return pd.DataFrame()
     a["protocol table"] = [f"{f} / {t} / {g}" for f, t, g in zip(a["frame"], a["threshold"], a["aggregate"])]
@@ -79,8 +73,10 @@ def summary_table(d: pd.DataFrame) -> pd.DataFrame:
 
 def caption(dataset: str, key: tuple, presets: str, alpha: float) -> str:
     frame, threshold, aggregate = key
+    strict = "geoaware" in presets.split(", ")
     return (f"{dataset}: PCK@{alpha:g} (%). Protocol (presets {presets}): frame {frame}, threshold {threshold}, "
-            f"aggregate {aggregate}. All +- = half-width of the 95% bootstrap interval over pairs.")
+            f"aggregate {aggregate}; correct when {'d < alpha·T' if strict else 'd ≤ alpha·T'}. "
+            "All ± = half-width of the 95% bootstrap interval over pairs; best value in bold.")
 
 
 def tables(d: pd.DataFrame, dataset: str, alpha: float) -> list[tuple[str, pd.DataFrame]]:
@@ -92,17 +88,28 @@ def tables(d: pd.DataFrame, dataset: str, alpha: float) -> list[tuple[str, pd.Da
     return out
 
 
+def _cells(t: pd.DataFrame) -> pd.DataFrame:
+    """A protocol or summary table with its numbers as :class:`render.Cell` (All with its ± half-width)."""
+    t = t.copy()
+    num = [c for c in t.columns if c not in ROW + ["All +-", "pairs", "note", "protocol table"]]
+    for c in num:
+        half = t["All +-"] if c == "All" and "All +-" in t.columns else [None] * len(t)
+        t[c] = [R.Cell(None if pd.isna(v) else float(v), None if h is None or pd.isna(h) else float(h))
+                for v, h in zip(t[c], half)]
+    t = t.drop(columns=[c for c in ("All +-",) if c in t.columns])
+    R.mark_best(t[num])
+    t["method"] = [m + (" [reported]" if k == "reported" else "") for m, k in zip(t["method"], t["kind"])]
+    return t.drop(columns=["kind"])
+
+
 def to_markdown(dataset: str, parts: list[tuple[str, pd.DataFrame]], summary: pd.DataFrame) -> str:
-    lines = [f"# Leaderboard: {dataset}", "",
-             "PCK in percent. `reported` rows are published numbers with their source (note), never measured "
-             "here; a partial run's method name says what it covers.", ""]
+    lines = [f"# Leaderboard: {dataset} (full tables)", "",
+             "PCK in percent. `[reported]` rows are published numbers with their source (note), never measured "
+             "here; a method's name says what made it (settings changed from its defaults, random weights, partial "
+             "coverage); `run` is the short run id.", ""]
     for cap, t in [*parts, (f"{dataset}: summary, category All at every alpha (%)", summary)]:
-        if t.empty:
-            continue
-        lines += [f"**{cap}**", "", "| " + " | ".join(map(str, t.columns)) + " |",
-                  "|" + "|".join("---" for _ in t.columns) + "|"]
-        lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in t.itertuples(index=False)]
-        lines.append("")
+        if not t.empty:
+            lines.append(R.to_markdown(_cells(t), cap))
     return "\n".join(lines)
 
 
@@ -118,25 +125,12 @@ def to_csv(parts: list[tuple[str, pd.DataFrame]]) -> str:
     return buf.getvalue()
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-        "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-
-
-def _tex(value) -> str:
-    """A cell or caption as LaTeX text (special characters escaped)."""
-    return "".join(_TEX.get(ch, ch) for ch in _fmt(value))
-
-
 def to_latex(dataset: str, parts: list[tuple[str, pd.DataFrame]], summary: pd.DataFrame) -> str:
-    """Tables for a paper (booktabs): ``\\usepackage{booktabs}``."""
-    out = [f"% Leaderboard: {dataset} (corrbench). Needs \\usepackage{{booktabs}}.", ""]
-    for cap, t in [*parts, (f"{dataset}: summary, category All at every alpha (%)", summary)]:
+    """Tables for a paper: ``\\usepackage{booktabs,graphicx}``; wide ones are scaled to the line width."""
+    out = [f"% Leaderboard: {dataset}, full tables (corrbench). Needs \\usepackage{{booktabs,graphicx}}.", ""]
+    for i, (cap, t) in enumerate([*parts, (f"{dataset}: summary, category All at every alpha (%)", summary)]):
         if t.empty:
             continue
-        cols = [c for c in t.columns if c not in ("run", "note")]
-        spec = "".join("l" if c in ROW or c in ("pairs", "protocol table") else "r" for c in cols)
-        out += ["\\begin{table}[t]", "\\centering", "\\small", f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-                " & ".join(_tex(c) for c in cols) + " \\\\", "\\midrule"]
-        out += [" & ".join(_tex(row[c]) for c in cols) + " \\\\" for _, row in t.iterrows()]
-        out += ["\\bottomrule", "\\end{tabular}", f"\\caption{{{_tex(cap)}}}", "\\end{table}", ""]
+        shown = _cells(t).drop(columns=[c for c in ("note",) if c in t.columns])
+        out.append(R.to_latex(shown, cap, R.latex_label(dataset, "full", str(i)), wide=len(shown.columns) > 9))
     return "\n".join(out)

@@ -42,9 +42,9 @@ from benchmarks.flips import partners, swaps_for
 from benchmarks.matchers.base import ConfigError, MatcherError
 
 from . import freeu as freeu_rules
+from .base import SD_FOLDERS, ImageStore
 from .captioner import CAPTIONERS, CLIP_HUB_ID
 from .captioner import HOW as CAPTIONER_HOW
-from .base import SD_FOLDERS, ImageStore
 from .dino import DINO_ENV, MEAN, POSITION_RULES, STD, block_tokens, default_dino_id, load_dino
 from .features import SDFeaturizer
 from .models import load_components

@@ -1,0 +1,100 @@
+"""What made a result: the weights, the settings that differ from the method's defaults, a short
+run id, and a display label built from them (no heavy imports: the leaderboard uses it too).
+
+``benchmarks.run`` writes :func:`provenance` into ``run.json``; the leaderboard shows it in every
+output (console, CSV, Markdown, LaTeX, HTML, plot legends) and falls back to :func:`from_config`
+for runs written before it existed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+#: settings naming weights (a hub id, a folder, a file, or a random-weight preset)
+WEIGHT_FIELDS = ("model_id", "dino_id", "checkpoint", "captioner_ckpt", "clip_id", "head")
+#: weight names that mean seeded random weights, not trained ones
+RANDOM_WEIGHTS = ("tiny", "random-sd21", "random-sd15", "random-base", "random-small", "random-large", "random-giant")
+#: settings that do not change the numbers, or are shown in their own columns (readout, precision, tta)
+NOT_SETTINGS = {"device", "batch_size", "cache_dir", "readout", "dtype", "flip", "mnn", "sync", "compile",
+                "channels_last", "attention"}
+
+
+def _short(value) -> str:
+    text = str(value)
+    if "/" in text and not text.startswith(("http", "hf:")) and len(text) > 40:
+        text = ".../" + "/".join(text.rstrip("/").split("/")[-2:])
+    return text
+
+
+def weights_of(config: dict) -> dict[str, str]:
+    """The weight settings a run used (empty and unused ones left out)."""
+    out = {}
+    for k in WEIGHT_FIELDS:
+        v = config.get(k)
+        if v in (None, "") or (k in ("clip_id", "captioner_ckpt") and config.get("captioner", "none") != "odise"):
+            continue
+        out[k] = str(v)
+    return out
+
+
+def random_weights(config: dict) -> list[str]:
+    """The random-weight presets among a run's weights (``[]``: trained weights only)."""
+    w = weights_of(config)
+    names = sorted({v for v in w.values() if v in RANDOM_WEIGHTS})
+    if "checkpoint" in config and not config.get("checkpoint") and names:
+        names.append("untrained prompt")
+    return names
+
+
+def changed_settings(config: dict, defaults: dict, preset: dict | None = None) -> dict[str, object]:
+    """Settings whose value differs from the method's default, after the named preset's values."""
+    base = {**defaults, **(preset or {})}
+    out = {}
+    for k, v in config.items():
+        if k in NOT_SETTINGS or k in WEIGHT_FIELDS or k not in base:
+            continue
+        d = base[k]
+        same = str(v) == str(d) or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                    and isinstance(d, (int, float)) and float(v) == float(d))
+        if not same:
+            out[k] = v
+    return out
+
+
+def label(method: str, preset: str | None, changed: dict, randoms: list[str], run_id: str = "") -> str:
+    """``dift (t=101; random weights: tiny)`` (the run id is shown apart)."""
+    parts = [f"{k}={_short(v)}" for k, v in sorted(changed.items())]
+    if preset:
+        parts.insert(0, f"preset {preset}")
+    if randoms:
+        parts.append("random weights: " + ", ".join(randoms))
+    return method + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def provenance(name: str, cls, preset: str | None, config, config_hash: str) -> dict:
+    """The provenance block of ``run.json`` for a matcher class ``cls`` and its resolved ``config``."""
+    cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    try:
+        defaults = dataclasses.asdict(cls.Config())
+    except Exception:  # a plugin Config with required fields: no defaults to compare with
+        defaults = {}
+    presets = getattr(cls, "presets", {}) or {}
+    changed = changed_settings(cfg, defaults, presets.get(preset) if preset else None)
+    randoms = random_weights(cfg)
+    return {"method": name, "preset": preset, "weights": {k: _short(v) for k, v in weights_of(cfg).items()},
+            "random_weights": randoms, "changed": {k: (v if isinstance(v, (int, float, bool)) else str(v))
+                                                   for k, v in changed.items()},
+            "run_id": config_hash[:7], "label": label(name, preset, changed, randoms),
+            "default_readout": str(defaults.get("readout", "")).split(",")[0].strip() or None}
+
+
+def from_config(record: dict) -> dict:
+    """A provenance block for a ``run.json`` written before provenance was recorded: the weights from
+    its config; the changed settings are unknown."""
+    cfg = record.get("config") or {}
+    name = str(record.get("matcher", "?"))
+    randoms = random_weights(cfg) if isinstance(cfg, dict) else []
+    preset = record.get("preset")
+    return {"method": name, "preset": preset, "weights": weights_of(cfg) if isinstance(cfg, dict) else {},
+            "random_weights": randoms, "changed": None, "run_id": str(record.get("config_hash", ""))[:7],
+            "label": label(name, preset, {}, randoms) + " (settings not recorded)"}

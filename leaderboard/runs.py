@@ -1,0 +1,253 @@
+"""Reading result rows: run folders (``results.csv`` + ``run.json`` written by ``benchmarks.run``)
+and published numbers (``leaderboard/data/reported.csv``), validated, with what made each row.
+
+Every row carries its identity: ``method`` (the display label: method, settings changed from its
+defaults, random weights, partial coverage), ``run`` (a short run id), ``weights``,
+``random_weights``, ``partial`` and ``source`` (the folder, or the publication).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+KEY = ["kind", "method", "run", "split", "precision", "tta", "protocol", "frame", "threshold", "aggregate", "readout"]
+IDENTITY = ["weights", "random_weights", "partial", "source"]
+NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high"]
+COLUMNS = KEY + IDENTITY + ["dataset", "category", "alpha", "pck", "note"] + NUMBERS
+#: the category of whole-split rows (benchmarks.evaluate never writes a dataset category under this name)
+WHOLE = "all"
+
+
+class LeaderboardError(ValueError):
+    """A run folder or the reported-numbers file is unusable."""
+
+
+def clean_text(text) -> str:
+    """A name as one line of text: control characters (newlines included) become spaces."""
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", str(text)).strip()
+
+
+def safe_name(name: str, where: str) -> str:
+    """A dataset name used in output file names: letters, digits, '.', '_' and '-', no leading dot."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", str(name)):
+        raise LeaderboardError(f"{where}: {str(name)[:80]!r} is not a dataset name (letters, digits, '.', '_', '-')")
+    return str(name)
+
+
+def _numbers(df: pd.DataFrame, col: str, where: str, low: float, high: float, required: bool) -> None:
+    """Column ``col`` as numbers in [low, high] (NaN allowed when not ``required``); one-line error."""
+    if col not in df.columns:
+        df[col] = float("nan")
+        return
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = (values.isna() & (df[col].notna() | required)) | (values < low) | (values > high)
+    if bad.any():
+        i = int(bad.to_numpy().nonzero()[0][0])
+        raise LeaderboardError(f"{where}: column {col!r} must hold numbers in [{low:g}, {high:g}], found "
+                               f"{df[col].iloc[i]!r} (row {i + 2})")
+    df[col] = values
+
+
+def _validate(df: pd.DataFrame, where: str) -> None:
+    _numbers(df, "pck", where, 0, 1, True)
+    _numbers(df, "alpha", where, 0, 1, True)
+    if (df["alpha"] <= 0).any():
+        raise LeaderboardError(f"{where}: column 'alpha' must be > 0")
+    for col in ("ci_low", "ci_high"):
+        _numbers(df, col, where, 0, 1, False)
+    for col in ("n_pairs", "split_pairs"):
+        _numbers(df, col, where, 0, 1e12, False)
+    inverted = df["ci_low"] > df["ci_high"]
+    if inverted.any():
+        i = int(inverted.to_numpy().nonzero()[0][0])
+        raise LeaderboardError(f"{where}: row {i + 2}: the interval [ci_low, ci_high] = [{df['ci_low'].iloc[i]}, "
+                               f"{df['ci_high'].iloc[i]}] is inverted")
+    for col in ("method", "readout", "tta", "precision", "protocol", "frame", "threshold", "aggregate", "category"):
+        if col in df.columns:
+            df[col] = df[col].map(clean_text)
+
+
+def read_reported(path: str | Path | None = None) -> pd.DataFrame:
+    """Published numbers as tidy rows (``kind = reported``), validated like measured ones."""
+    where = str(path or "leaderboard/data/reported.csv")
+    try:
+        if path is None:
+            text = resources.files("leaderboard").joinpath("data/reported.csv").read_text()
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        df = pd.read_csv(io.StringIO(text), dtype=str)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise LeaderboardError(f"{where}: not a readable CSV of published numbers ({type(exc).__name__})") from None
+    need = {"method", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout", "category", "alpha",
+            "pck", "source"}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise LeaderboardError(f"{where}: missing column(s) {missing}")
+    df = df.rename(columns={"source": "run"})
+    df["kind"] = "reported"
+    df["note"] = df["note"].fillna("").map(clean_text) if "note" in df.columns else ""
+    df["precision"] = df["precision"].fillna("unknown").astype(str) if "precision" in df.columns else "unknown"
+    df["tta"] = df["tta"].fillna("none").astype(str) if "tta" in df.columns else "none"
+    _validate(df, where)
+    df["run"] = df["run"].map(clean_text)
+    df["weights"] = "published"
+    df["random_weights"] = False
+    df["partial"] = False
+    df["source"] = df["run"]
+    for name in set(df["dataset"].astype(str)):
+        safe_name(name, f"{where}: column 'dataset'")
+    return df
+
+
+def _provenance(record: dict, meta: Path) -> dict:
+    """The run's provenance block (validated), or one rebuilt from its config for runs written
+    before provenance was recorded."""
+    from benchmarks.provenance import from_config
+
+    prov = record.get("provenance")
+    if prov is None:
+        return from_config(record)
+    if not isinstance(prov, dict):
+        raise LeaderboardError(f"{meta}: provenance must be a JSON object")
+    lab, rid, rnd, w = prov.get("label"), prov.get("run_id", ""), prov.get("random_weights", []), prov.get("weights", {})
+    if not isinstance(lab, str) or not lab.strip() or len(lab) > 400:
+        raise LeaderboardError(f"{meta}: provenance.label must be a non-empty text of at most 400 characters")
+    if not isinstance(rid, str) or not re.fullmatch(r"[0-9a-f]{0,16}", rid):
+        raise LeaderboardError(f"{meta}: provenance.run_id must be a short hexadecimal id, got {str(rid)[:40]!r}")
+    if not isinstance(rnd, list) or not all(isinstance(x, str) for x in rnd):
+        raise LeaderboardError(f"{meta}: provenance.random_weights must be a list of names")
+    if not isinstance(w, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in w.items()):
+        raise LeaderboardError(f"{meta}: provenance.weights must map setting names to weight names")
+    return {**prov, "label": lab, "run_id": rid, "random_weights": rnd, "weights": w}
+
+
+def read_record(run_dir: Path) -> dict:
+    """``run.json`` of a run folder as a dict ({} when absent); a one-line error when malformed."""
+    meta = Path(run_dir) / "run.json"
+    if not meta.is_file():
+        return {}
+    try:
+        record = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LeaderboardError(f"{meta}: malformed JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(record, dict):
+        raise LeaderboardError(f"{meta}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def read_run(run_dir: str | Path, label: str | None = None) -> pd.DataFrame:
+    """Measured rows of one run folder (``kind = measured``); ``label`` replaces the display name
+    (random weights stay said)."""
+    run_dir = Path(run_dir)
+    res = run_dir / "results.csv"
+    if not res.is_file():
+        raise LeaderboardError(f"{res}: missing; is {run_dir} a folder written by benchmarks.run?")
+    try:
+        df = pd.read_csv(res, dtype={"category": str, "readout": str, "tta": str, "precision": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise LeaderboardError(f"{res}: not a results CSV ({type(exc).__name__}: {str(exc)[:80]})") from None
+    need = {"matcher", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout", "category", "alpha", "pck"}
+    missing = sorted(need - set(df.columns))
+    if missing:
+        raise LeaderboardError(f"{res}: missing column(s) {missing}")
+    _validate(df, str(res))
+    for name in set(df["dataset"].astype(str)):
+        safe_name(name, f"{res}: column 'dataset'")
+    record = read_record(run_dir) or {"matcher": str(df["matcher"].iloc[0]) if len(df) else "?"}
+    prov = _provenance(record, run_dir / "run.json")
+    randoms = list(prov["random_weights"])
+    name = (clean_text(label) + (f" (random weights: {', '.join(randoms)})" if randoms else "")) if label \
+        else clean_text(prov["label"])
+    df = df.rename(columns={"matcher": "method"})
+    df["method"] = name
+    df["weights"] = "; ".join(f"{k}={v}" for k, v in sorted(prov["weights"].items())) or "none"
+    df["random_weights"] = bool(randoms)
+    if "subset" not in df.columns:  # results written before coverage was recorded
+        df["subset"] = "unknown"
+    partial = df["subset"].astype(str) != "all"
+    df["partial"] = partial
+    # a partial run can never pass for a full one: its name carries what it covers
+    if partial.any():
+        total = ["?" if pd.isna(v) else str(int(v)) for v in df.loc[partial, "split_pairs"]]
+        df.loc[partial, "method"] = [f"{m} [coverage not recorded]" if sub == "unknown" else f"{m} [partial: {sub} of {t} pairs]"
+                                     for m, sub, t in zip(df.loc[partial, "method"].astype(str),
+                                                          df.loc[partial, "subset"].map(clean_text), total)]
+    df["precision"] = df["precision"].fillna("unknown").astype(str) if "precision" in df.columns else "unknown"
+    df["tta"] = df["tta"].fillna("none").astype(str) if "tta" in df.columns else "none"
+    df["kind"] = "measured"
+    df["run"] = prov["run_id"] or str(record.get("config_hash", ""))[:7] or clean_text(run_dir.name)
+    df["source"] = clean_text(run_dir)
+    df["note"] = ""
+    return df
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    """``--label RUN=NAME`` values -> {RUN: NAME}; RUN is a run folder (as given, or its name)."""
+    out = {}
+    for item in items or []:
+        run, sep, name = str(item).partition("=")
+        if not sep or not run.strip() or not clean_text(name):
+            raise LeaderboardError(f"--label takes RUN=NAME (a run folder, then the name to show), got {item!r}")
+        out[run.strip().rstrip("/")] = clean_text(name)
+    return out
+
+
+def _label_for(d: Path, labels: dict[str, str]) -> str | None:
+    for key in (str(d).rstrip("/"), d.name, str(d.resolve())):
+        if key in labels:
+            return labels.pop(key)
+    return None
+
+
+def _is_run(d) -> bool:
+    """True for a run folder; anything else (a failed run's leftovers, a stray file) is skipped with a warning."""
+    import warnings
+
+    d = Path(d)
+    if (d / "results.csv").is_file():
+        return True
+    warnings.warn(f"{d}: not a run folder (no results.csv); skipped", stacklevel=3)
+    return False
+
+
+def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None,
+            labels: dict[str, str] | None = None) -> pd.DataFrame:
+    """Measured rows of every run folder and the published rows, as one tidy frame (:data:`COLUMNS`)."""
+    seen: dict[Path, str] = {}
+    for d in run_dirs:
+        key = Path(d).resolve()
+        if key in seen:
+            raise LeaderboardError(f"{d}: run folder given twice (also as {seen[key]})")
+        seen[key] = str(d)
+    runs = [Path(d) for d in run_dirs if _is_run(d)]
+    if not runs:
+        raise LeaderboardError(f"none of {', '.join(map(str, run_dirs[:5]))} is a folder written by benchmarks.run "
+                               "(results.csv and run.json)")
+    labels = dict(labels or {})
+    frames: list[pd.DataFrame] = []
+    taken: set[str] = set()
+    for d in runs:
+        f = read_run(d, _label_for(d, labels))
+        rid = str(f["run"].iloc[0]) if len(f) else clean_text(d.name)
+        if rid in taken:  # the same settings run into two folders: tell them apart by folder
+            base, k = f"{rid} {clean_text(d.name)}", 2
+            rid = base
+            while rid in taken:
+                rid, k = f"{base} #{k}", k + 1
+            f["run"] = rid
+        taken.add(rid)
+        frames.append(f)
+    if labels:
+        raise LeaderboardError(f"--label {next(iter(labels))}=...: no such run folder among the runs given")
+    frames.append(read_reported() if reported is None else reported)
+    for f in frames:
+        for c in NUMBERS + IDENTITY:
+            if c not in f.columns:
+                f[c] = float("nan") if c in NUMBERS else ""
+    return pd.concat([f[COLUMNS] for f in frames], ignore_index=True)

@@ -230,19 +230,15 @@ def collect(run_dirs: list[str | Path], reported: pd.DataFrame | None = None,
         raise LeaderboardError(f"none of {', '.join(map(str, run_dirs[:5]))} is a folder written by benchmarks.run "
                                "(results.csv and run.json)")
     labels = dict(labels or {})
-    frames: list[pd.DataFrame] = []
-    taken: set[str] = set()
-    for d in runs:
-        f = read_run(d, _label_for(d, labels))
-        rid = str(f["run"].iloc[0]) if len(f) else clean_text(d.name)
-        if rid in taken:  # the same settings run into two folders: tell them apart by folder
-            base, k = f"{rid} {clean_text(d.name)}", 2
-            rid = base
-            while rid in taken:
-                rid, k = f"{base} #{k}", k + 1
-            f["run"] = rid
-        taken.add(rid)
-        frames.append(f)
+    frames: list[pd.DataFrame] = [read_run(d, _label_for(d, labels)) for d in runs]
+    # the same settings run into several folders: each of them is told apart by its folder name (then
+    # by its place among equal names, in path order), whatever the order the runs were given in
+    ids = [str(f["run"].iloc[0]) if len(f) else clean_text(d.name) for f, d in zip(frames, runs)]
+    for rid in {i for i in ids if ids.count(i) > 1}:
+        group = sorted((str(d.resolve()), k) for k, (i, d) in enumerate(zip(ids, runs)) if i == rid)
+        names = [f"{rid} {clean_text(runs[k].name)}" for _, k in group]
+        for n, (_, k) in enumerate(group):
+            frames[k]["run"] = names[n] if names.count(names[n]) == 1 else f"{names[n]} #{names[:n + 1].count(names[n])}"
     if labels:
         raise LeaderboardError(f"--label {next(iter(labels))}=...: no such run folder among the runs given")
     frames.append(read_reported() if reported is None else reported)

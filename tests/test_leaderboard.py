@@ -29,9 +29,10 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     out = tmp_path / "lb"
     assert lb_cli(["build", str(runs / "r1"), str(runs / "r2"), "--out", str(out), "--format", "md,csv,tex"]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["pf-willow-categories.png", "pf-willow-pck-vs-alpha.png", "pf-willow-wide.csv", "pf-willow.csv",
-                     "pf-willow.md", "pf-willow.tex", "spair-71k-categories.png", "spair-71k-pck-vs-alpha.png",
-                     "spair-71k-wide.csv", "spair-71k.csv", "spair-71k.md", "spair-71k.tex"]
+    per = [f"{ds}{s}" for ds in ("pf-willow", "spair-71k")
+           for s in ("-categories.pdf", "-categories.png", "-categories.svg", "-full.csv", "-full.md", "-full.tex",
+                     "-pck-vs-alpha.pdf", "-pck-vs-alpha.png", "-pck-vs-alpha.svg", "-wide.csv", ".csv", ".md", ".tex")]
+    assert names == sorted(["all-datasets.csv", "all-datasets.md", "all-datasets.tex", *per])
     wide = pd.read_csv(out / "spair-71k-wide.csv")
     rep = wide[wide.kind == "reported"]
     cpm = rep[(rep.method == "SD4Match-CPM") & (rep.protocol == "sd4match")]
@@ -44,7 +45,7 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     m = meas[(meas.protocol == "dift") & (meas["aggregate"] == "point")]
     assert m["all@0.1"].item() == round(r.pck.item() * 100, 1)
     # paper-style tables: one per protocol, its protocol in the caption, presets with equal numbers merged
-    paper = pd.read_csv(out / "spair-71k.csv")
+    paper = pd.read_csv(out / "spair-71k-full.csv")
     assert list(paper.columns[:7]) == ["table", "kind", "method", "readout", "precision", "tta", "run"]
     assert {"All", "All +-", "pairs", "aeroplane", "tvmonitor"} <= set(paper.columns)
     tables = sorted(set(paper.table))
@@ -62,13 +63,22 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     assert len(merged) == 1 and len(paper[(paper.table == merged[0]) & (paper.kind == "measured")]) == 1
     cpm_row = paper[(paper.method == "SD4Match-CPM") & paper.table.str.contains("resized-768x768")]
     assert cpm_row["All"].item() == 75.5 and cpm_row["bird"].item() == 85.7
-    md = (out / "spair-71k.md").read_text()
-    assert "| reported | SD4Match-CPM |" in md and "| measured | identity |" in md
+    md = (out / "spair-71k-full.md").read_text()
+    assert "| SD4Match-CPM [reported] |" in md.replace("  ", "") and "| identity " in md
     assert "**spair-71k: PCK@0.1 (%). Protocol (presets sd4match): frame resized-768x768, threshold bbox" in md
-    assert "summary, category All at every alpha" in md and "| PCK@0.05 | PCK@0.1 | PCK@0.15 |" in md
-    tex = (out / "spair-71k.tex").read_text()
+    assert "summary, category All at every alpha" in md and "PCK@0.05" in md and "PCK@0.15" in md
+    tex = (out / "spair-71k-full.tex").read_text()
     assert tex.count("\\begin{tabular}") == 8 and "\\toprule" in tex and "resized-768x768" in tex
     assert "bbox\\_kp" not in tex and "\\%" in tex
+    # the compact table: each method once, at the dataset's main protocol, "value ± half-width", best in bold
+    compact = (out / "spair-71k.md").read_text()
+    assert "protocol sd4match: frame resized-768x768, threshold bbox, aggregate image" in compact
+    assert "d ≤ alpha·T" in compact and "**75.5**" in compact and " ± " in compact
+    ctex = (out / "spair-71k.tex").read_text()
+    assert "\\textbf{75.5}" in ctex and "$\\pm$" in ctex and "\\label{tab:spair-71k-pck}" in ctex and "+-" not in ctex
+    assert "\\leq" in ctex  # the comparison rule in the caption
+    cross = pd.read_csv(out / "all-datasets.csv")
+    assert {"spair-71k", "pf-willow"} <= set(cross.columns) and "identity" in set(cross["Method"])
     with Image.open(out / "spair-71k-pck-vs-alpha.png") as im:
         assert im.size[0] > 300
     # pf-willow: no reported rows invented

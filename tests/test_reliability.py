@@ -698,7 +698,7 @@ def test_failed_run_leaves_no_empty_folder_and_leaderboard_skips_strays(tmp_path
         warnings.simplefilter("always")
         board = collect([tmp_path / "runs" / "failed", good])
     assert any("not a run folder" in str(w.message) for w in caught)
-    assert set(board[board["kind"] == "measured"]["run"].str.startswith("run")) == {True}
+    assert {Path(s).name for s in board[board["kind"] == "measured"]["source"]} == {good.name}
     with pytest.raises(LeaderboardError, match="is a folder written by benchmarks.run"):
         collect([tmp_path / "runs" / "failed"])
 

@@ -252,8 +252,9 @@ def test_partial_runs_are_marked_everywhere(tmp_path):
     assert picked.max() - picked.min() <= 1 and len(picked) == 18
     written = build([runs / "full", runs / "first", runs / "sampled"], tmp_path / "lb")
     md = (tmp_path / "lb" / "spair-71k.md").read_text()
-    assert "identity [partial: first 5 of 54 pairs]" in md and "identity [partial: sample 20 (seed 3) of 54 pairs]" in md
-    csv_text = (tmp_path / "lb" / "spair-71k.csv").read_text()
+    assert "identity [partial: first 5 of 54 pairs]" in md
+    assert "identity (seed=3) [partial: sample 20 (seed 3) of 54 pairs]" in md  # the changed seed is said too
+    csv_text = (tmp_path / "lb" / "spair-71k-full.csv").read_text()
     assert "5/54" in csv_text and "54/54" in csv_text
     # categories the first 5 pairs never reach are blank, not 0
     lb = pd.read_csv(tmp_path / "lb" / "spair-71k-wide.csv")
@@ -337,8 +338,10 @@ def test_tta_is_recorded_in_results_run_json_and_leaderboard(tmp_path, capsys):
     assert record["tta"] == "flip=adaptive-mnn,mnn" and record["config"]["flip"] == "adaptive-mnn" and record["config"]["mnn"]
     assert record["config_hash"] != json.loads((tmp_path / "plain" / "run.json").read_text())["config_hash"]
     assert lb_cli(["build", str(tmp_path / "tta"), str(tmp_path / "plain"), "--out", str(tmp_path / "lb")]) == 0
-    board = pd.read_csv(tmp_path / "lb" / "spair-71k.csv")
+    board = pd.read_csv(tmp_path / "lb" / "spair-71k-full.csv")
     assert {"flip=adaptive-mnn,mnn", "none"} <= set(board["tta"])
+    compact = pd.read_csv(tmp_path / "lb" / "spair-71k.csv")
+    assert {"flip=adaptive-mnn,mnn", "none"} <= set(compact["TTA"])
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -95,22 +95,27 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1) -> tuple[pd
 
 def cross_dataset_table(d: pd.DataFrame, alpha: float = 0.1) -> tuple[pd.DataFrame, str]:
     """Methods x datasets at PCK@``alpha`` (each dataset's main protocol, each method's best readout)."""
-    datasets = [x for x in DATASET_ORDER if x in set(d["dataset"])] + sorted(set(d["dataset"]) - set(DATASET_ORDER))
-    datasets = [x for x in datasets if (d.loc[d["dataset"] == x, "kind"] == "measured").any()]
+    order = {x: i for i, x in enumerate(DATASET_ORDER)}
+    meas = d[d["kind"] == "measured"]
+    pairs = sorted(set(zip(meas["dataset"], meas["split"])), key=lambda p: (order.get(p[0], len(order)), p[0], p[1] != "test", p[1]))
+    datasets = []
     cells: dict[tuple, dict] = {}
     notes = []
-    for ds in datasets:
-        key, presets, strict = main_protocol(d, ds)
-        g = d[(d["dataset"] == ds) & (d["frame"] == key[0]) & (d["threshold"] == key[1]) & (d["aggregate"] == key[2])]
+    for ds, split in pairs:
+        col = ds if split == "test" else f"{ds} ({split})"
+        datasets.append(col)
+        key, presets, strict = main_protocol(d[d["split"] == split], ds)
+        g = d[(d["dataset"] == ds) & (d["split"] == split) & (d["frame"] == key[0]) & (d["threshold"] == key[1])
+              & (d["aggregate"] == key[2])]
         g = _best_readout(g, alpha)
         a = g[(g["category"] == WHOLE) & ((g["alpha"] - alpha).abs() < 1e-9)]
         if a.empty:
             continue
-        notes.append(f"{ds}: {presets} ({key[0]}, {key[1]}, {key[2]}, {rule(strict)})")
+        notes.append(f"{col}: {presets} ({key[0]}, {key[1]}, {key[2]}, {rule(strict)})")
         for _, r in a.iterrows():
             ident = (0 if r["kind"] == "measured" else 1, r["method"] + (" [reported]" if r["kind"] == "reported" else ""),
                      r["precision"], r["tta"])
-            cells.setdefault(ident, {})[ds] = Cell(float(r["pck"]) * 100, _half(r))
+            cells.setdefault(ident, {})[col] = Cell(float(r["pck"]) * 100, _half(r))
     rows = []
     for ident in sorted(cells):
         _, method, precision, tta = ident

@@ -124,15 +124,20 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     if out.exists() and not out.is_dir():
         raise LeaderboardError(f"{out}: --out is a file, not a folder")
     df = collect(run_dirs, reported, labels)
-    datasets = sorted(set(df.loc[df["kind"] == "measured", "dataset"]))
-    for dataset in datasets:
+    # one leaderboard per dataset and split (a split other than test is named in the file names)
+    groups = sorted(set(zip(df.loc[df["kind"] == "measured", "dataset"], df.loc[df["kind"] == "measured", "split"])))
+    for dataset, split in groups:
         safe_name(dataset, "dataset")
+        safe_name(split, "split")
+    datasets = sorted({g[0] for g in groups})
+    df = df[[(ds, sp) in set(groups) for ds, sp in zip(df["dataset"], df["split"])]].reset_index(drop=True)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     figures: list[Path] = []
-    for dataset in datasets:
-        d = df[df["dataset"] == dataset]
-        table, cap = C.compact_table(d, dataset, alpha)
+    for ds, split in groups:
+        dataset = ds if split == "test" else f"{ds}-{split}"
+        d = df[(df["dataset"] == ds) & (df["split"] == split)]
+        table, cap = C.compact_table(d, ds, alpha)
         parts, summary = T.tables(d, dataset, alpha), T.summary_table(d)
         if "md" in formats:
             _write(out, f"{dataset}.md", written, f"# Leaderboard: {dataset}\n\n" + R.to_markdown(table, cap))
@@ -160,5 +165,5 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     if "html" in formats:
         from .html import page
 
-        _write(out, "index.html", written, page(df[df["dataset"].isin(datasets)], figures, alpha=alpha))
+        _write(out, "index.html", written, page(df, figures, alpha=alpha))
     return written

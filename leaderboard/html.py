@@ -130,7 +130,8 @@ refreshChoices(true); render();
 def records(d: pd.DataFrame) -> list[dict]:
     """The rows the page holds (numbers in [0, 1], text as text)."""
     out = []
-    for key, g in d.groupby(["dataset", "frame", "threshold", "aggregate"], sort=True):
+    for (ds, split, *key), g in d.groupby(["dataset", "split", "frame", "threshold", "aggregate"], sort=True):
+        key = [ds if split == "test" else f"{ds}-{split}", *key]  # a split other than test is named, as in the files
         presets = ", ".join(sorted(set(g["protocol"].astype(str))))
         strict = "geoaware" in presets.split(", ")
         g = g.drop_duplicates(["kind", "method", "run", "readout", "tta", "precision", "alpha", "category"])
@@ -155,9 +156,9 @@ def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboa
 
     blob = json.dumps(records(d), sort_keys=True, ensure_ascii=True).replace("</", "<\\/")
     main = {}
-    for ds in sorted(set(d["dataset"])):
-        key, _, _ = main_protocol(d, ds)
-        main[ds] = {"table": " / ".join(map(str, key)), "alpha": alpha}
+    for ds, split in sorted(set(zip(d["dataset"], d["split"]))):
+        key, _, _ = main_protocol(d[d["split"] == split], ds)
+        main[ds if split == "test" else f"{ds}-{split}"] = {"table": " / ".join(map(str, key)), "alpha": alpha}
     main_blob = json.dumps(main, sort_keys=True, ensure_ascii=True).replace("</", "<\\/")
     figs = []
     for f in figures:

@@ -289,6 +289,18 @@ def test_new_datasets_run_end_to_end_with_their_protocols(tmp_path):
     res = pd.read_csv(tmp_path / "run" / "results.csv")
     assert set(res["protocol"]) == {"geoaware", "original"} and set(res["split"]) == {"test-cross-family"}
     assert set(res[res.protocol == "geoaware"]["alpha"]) == {0.01, 0.05, 0.1}
+    # the split's one category is literally "all": it never collides with the whole-split rows
+    assert set(res["category"]) == {"all", "all (category)"}
+    assert not res.duplicated(["protocol", "aggregate", "readout", "category", "alpha"]).any()
+    from leaderboard.__main__ import main as lb_cli
+
+    assert lb_cli(["build", str(tmp_path / "run"), "--out", str(tmp_path / "lb"), "--format", "md,csv,tex,html",
+                   "--figures", "png"]) == 0
+    wide = pd.read_csv(tmp_path / "lb" / "ap-10k-test-cross-family-wide.csv")  # a split other than test is named
+    meas = wide[wide.kind == "measured"]
+    assert {"all@0.1", "all (category)@0.1"} <= set(meas.columns)
+    compact = (tmp_path / "lb" / "ap-10k-test-cross-family.md").read_text()
+    assert "protocol geoaware" in compact and "d < alpha·T" in compact
 
 
 # ----------------------------------------------------------------------------------------------- AP-10K build

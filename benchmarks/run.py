@@ -75,7 +75,9 @@ def git_hash() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description="Run a matcher and evaluate PCK.")
-    p.add_argument("--list-matchers", action="store_true", help="print every registered matcher and exit")
+    p.add_argument("--list-matchers", action="store_true", help="print every registered matcher and its presets, then exit")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the matcher's resolved settings (after --preset, flags and --set) and exit")
     p.add_argument("--matcher", help="registered matcher name (see --list-matchers)")
     p.add_argument("--preset", default=None, help="named settings of the matcher (e.g. tiny)")
     p.add_argument("--dataset", help="spair-71k, pf-pascal, pf-willow, spair-u, ap-10k or cub-200-2011")
@@ -107,16 +109,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other matcher setting")
     p.add_argument("--shard-size", dest="shard_size", type=int, default=None,
                    help="pairs per saved shard (the resume and multi-process unit; default max(256, batch))")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (this run's and the model libraries')")
     return p
 
 
 def list_matchers() -> str:
+    """Each matcher with its description and its presets (with what each sets)."""
     from . import registry
 
     table = registry.entries()
     width = max(len(n) for n in table)
-    return "\n".join(f"{n:<{width}}  {registry.describe(n)}" for n in table)
+    lines = []
+    for n in table:
+        lines.append(f"{n:<{width}}  {registry.describe(n)}")
+        try:
+            presets = getattr(registry.load_class(n), "presets", {}) or {}
+        except Exception:  # a broken plugin must not break the listing
+            presets = {}
+        for name, values in sorted(presets.items()):
+            sets = ", ".join(f"{k}={v}" for k, v in values.items())
+            lines.append(f"{'':<{width}}    --preset {name}: {sets}")
+    return "\n".join(lines)
+
+
+def show_config(args) -> str:
+    """The resolved settings of ``--matcher`` (after ``--preset``, flags and ``--set``) and what differs
+    from its defaults; nothing is loaded."""
+    from . import registry
+    from .provenance import provenance
+
+    if not args.matcher:
+        raise RunError("--show-config needs --matcher")
+    cls = registry.load_class(args.matcher)
+    overrides = _with_checkpoint_model(args, _overrides(args), cls)
+    matcher = cls.from_settings(args.preset, **overrides)
+    cfg = dataclasses.asdict(matcher.config)
+    prov = provenance(args.matcher, cls, args.preset, matcher.config, "0" * 12)
+    width = max(len(k) for k in cfg) if cfg else 0
+    lines = [f"{args.matcher}: {prov['label']}"] + [f"  {k:<{width}}  {v}" + ("   (changed)" if k in prov["changed"] else "")
+                                                    for k, v in sorted(cfg.items())]
+    return "\n".join(lines)
+
+
+def _with_checkpoint_model(args, overrides: dict, cls) -> dict:
+    """``--checkpoint`` of a training folder or prompt file brings the model ids it was trained with
+    (unless ``--model-id`` / ``--set model_id=`` / ``dino_id=`` say otherwise)."""
+    ckpt = overrides.get("checkpoint")
+    fields = getattr(cls.Config, "__dataclass_fields__", {})
+    if not ckpt or "checkpoint" not in fields:
+        return overrides
+    try:
+        from sd4match.checkpoint import trained_with
+
+        trained = trained_with(ckpt)
+    except ImportError:  # pragma: no cover - sd4match is part of this package
+        return overrides
+    out = dict(overrides)
+    for key in ("model_id", "dino_id"):
+        if key in fields and key not in out and trained.get(key):
+            out[key] = trained[key]
+            from .console import say
+
+            say(f"--checkpoint {ckpt}: using {key} {trained[key]!r}, the one it was trained with")
+    return out
 
 
 #: ``--tta`` words -> the matcher settings they stand for
@@ -338,7 +393,7 @@ def run(args) -> Path:
 
     from . import predictions as P
     from . import registry
-    from .evaluate import BOOTSTRAP, evaluate, per_pair_table, summary, to_csv_text
+    from .evaluate import BOOTSTRAP, evaluate, per_pair_table, to_csv_text
     from .protocol import parse_alphas, protocols_for
 
     if not args.matcher or not args.dataset:
@@ -352,7 +407,11 @@ def run(args) -> Path:
     if args.limit is not None and args.limit <= 0:
         raise RunError(f"--limit must be a positive number of pairs, got {args.limit}")
     rank, world, local_rank = dist_env()
-    overrides = _overrides(args)
+    if args.quiet:
+        from .console import quiet_libraries
+
+        quiet_libraries()
+    overrides = _with_checkpoint_model(args, _overrides(args), cls)
     if world > 1 and str(overrides.get("device", "")).strip() == "cuda":
         overrides["device"] = f"cuda:{local_rank}"  # one GPU per rank
     if args.tta not in (None, "none") and "flip" not in getattr(cls.Config, "__dataclass_fields__", {}):
@@ -378,13 +437,19 @@ def run(args) -> Path:
     table = loaders.load(args.dataset, args.data_root, args.split, layout=args.layout)
     split_pairs = table.num_rows
     if args.limit is not None:
-        table = table.slice(0, args.limit)
+        table = table.slice(0, min(args.limit, split_pairs))
     elif args.sample is not None:
         table = table.take(stratified_sample(table.column("category").to_pylist(), args.sample, sample_seed))
     t_load = time.perf_counter() - t0
+    # what can be refused without the model is refused now (a missing class prompt, --tta without a
+    # left/right table, a prompt width that does not fit the model's config), before anything is written
+    preflight = getattr(matcher, "preflight", None)
+    if preflight is not None:
+        preflight(args.dataset, sorted(set(table.column("category").to_pylist())))
 
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: --out is a file, not a folder")
+    created = not out.exists()
     partial = out / f".partial-{chash}"
     try:
         partial.mkdir(parents=True, exist_ok=True)
@@ -411,6 +476,13 @@ def run(args) -> Path:
             import shutil
 
             shutil.rmtree(partial, ignore_errors=True)
+            if created:  # a refused run leaves nothing behind (the lock file included)
+                _unlock()
+                (out / ".corrbench.lock").unlink(missing_ok=True)
+                try:
+                    out.rmdir()
+                except OSError:
+                    pass
         raise
     finally:
         matcher.close()
@@ -476,7 +548,9 @@ def run(args) -> Path:
     import shutil
 
     shutil.rmtree(partial, ignore_errors=True)  # shards, their checksums and any stale shard
-    print(summary(results))
+    from .console import run_summary
+
+    print(run_summary(results, args.dataset, record["provenance"], subset, split_pairs))
     print(f"wrote {out}/predictions.parquet, per_pair.parquet, results.csv ({len(results)} rows), breakdowns.csv, run.json")
     return out
 
@@ -494,6 +568,9 @@ def main(argv: list[str] | None = None) -> int:
         print(list_matchers())
         return 0
     try:
+        if args.show_config:
+            print(show_config(args))
+            return 0
         run(args)
     except (RunError, DatasetError, PredictionError, ConfigError, MatcherError, UnknownMatcher, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -129,7 +129,6 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     for dataset, split in groups:
         safe_name(dataset, "dataset")
         safe_name(split, "split")
-    datasets = sorted({g[0] for g in groups})
     df = df[[(ds, sp) in set(groups) for ds, sp in zip(df["dataset"], df["split"])]].reset_index(drop=True)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

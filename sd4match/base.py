@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.console import say
 from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
 from benchmarks.matchers.base import ConfigError
 
@@ -118,9 +119,8 @@ class SDMatcherBase(DenseMatcher):
     @property
     def sd(self) -> SDFeaturizer:
         if self._sd is None:  # loaded on first use: a fully cached run never loads the model
-            import sys
 
-            print(f"loading Stable Diffusion from {self.config.model_id} ...", file=sys.stderr, flush=True)
+            say(f"loading Stable Diffusion from {self.config.model_id} ...")
             comps = load_components(self.config.model_id, seed=self.config.seed)
             self._sd = SDFeaturizer(comps, self.config.up_block, self.device, self.dtype, self.config.channels_last,
                                     self.config.compile, self.config.attention, autocast=self.autocast)

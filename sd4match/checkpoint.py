@@ -101,6 +101,47 @@ def load(path: str | Path, *, variant: str, text_width: int, dino_dim: int | Non
     return module, meta
 
 
+def trained_with(path: str | Path) -> dict[str, str]:
+    """The model ids a checkpoint's training used (``model_id``, ``dino_id``), from its metadata;
+    {} for files without a training config (converted reference prompts)."""
+    _, meta = read(path)
+    try:
+        config = json.loads(meta.get("config") or "{}")
+    except json.JSONDecodeError:
+        return {}
+    if not isinstance(config, dict):
+        return {}
+    return {k: str(config[k]) for k in ("model_id", "dino_id") if isinstance(config.get(k), str) and config[k]}
+
+
+def text_width_of(model_id: str) -> int | None:
+    """The text-encoder width of ``model_id`` read from its config alone (no weights loaded): the
+    in-code presets, a local folder, or a hub snapshot already in the local cache; None if unknown."""
+    if model_id == "tiny":
+        from .tiny import TINY_TEXT_DIM
+
+        return int(TINY_TEXT_DIM)
+    if model_id == "random-sd21":
+        return 1024
+    folder = Path(model_id).expanduser()
+    candidates = [folder / "text_encoder" / "config.json"]
+    if not folder.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_id, "text_encoder/config.json")
+            candidates = [Path(cached)] if isinstance(cached, str) else []
+        except Exception:
+            candidates = []
+    for c in candidates:
+        try:
+            width = json.loads(c.read_text()).get("hidden_size")
+            return int(width) if isinstance(width, int) else None
+        except (OSError, ValueError, AttributeError):
+            return None
+    return None
+
+
 def content_hash(tensors: dict[str, torch.Tensor], prompt_format: int = PROMPT_FORMAT) -> str:
     """Hash of the tensors' names, dtypes, shapes and values (and the prompt format), not of the file's
     bytes: safetensors may order its metadata differently each time the same prompt is saved, and

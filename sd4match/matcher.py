@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from benchmarks.console import say
 from benchmarks.matchers.base import ConfigError, MatcherError
 
 from . import checkpoint as ckpt
@@ -110,12 +111,35 @@ class SD4MatchMatcher(SDMatcherBase):
     @property
     def dino(self):
         if self._dino is None:
-            import sys
 
-            print(f"loading DINOv2 from {self.config.dino_id} ...", file=sys.stderr, flush=True)
+            say(f"loading DINOv2 from {self.config.dino_id} ...")
             model, spec = load_dino(self.config.dino_id, self.config.seed, self.config.dino_pos)
             self._dino = (model.to(self.device), spec)
         return self._dino
+
+    def preflight(self, dataset: str, categories: list[str]) -> None:
+        """Refuse, before any model loads, what the checkpoint's metadata already rules out: another
+        variant, a category without a class prompt, prompts of another width than the model's."""
+        if not self.config.checkpoint:
+            return
+        import json
+
+        file = ckpt.resolve(self.config.checkpoint)
+        _, meta = ckpt.read(file)
+        got = meta.get("variant")
+        if got != self.variant:
+            raise MatcherError(f"{file}: holds {got!r} prompts, but the matcher is {self.variant!r}; use --matcher {got}")
+        if self.variant == "class":
+            cats = json.loads(meta.get("categories", "[]"))
+            for c in categories:
+                if c not in cats and self.category_map.get(c) not in cats:
+                    raise MatcherError(f"{file}: no class prompt for category {c!r} of {dataset} (prompts: "
+                                       f"{', '.join(cats)}); map it with --set category_map={c}=CLASS")
+        width = ckpt.text_width_of(self.config.model_id)
+        have = int(meta.get("text_width", 0) or 0)
+        if width is not None and have and width != have:
+            raise MatcherError(f"{file}: prompts have width {have}, the text encoder of {self.config.model_id} has {width} "
+                               "(trained for another model size)")
 
     def prompt_category(self, category: str) -> str:
         if self.variant == "class" and self._prompt is not None and category not in self._prompt.index:

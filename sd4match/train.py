@@ -470,8 +470,7 @@ class Trainer:
                     row["val_pck"] = f"{pck:.6f}"
                     if pck > self.best:
                         self.best, best = pck, True
-            if self.val_rows is None and self.step == self.total_steps:
-                best = True  # no validation split: the last prompt is the result
+            # no validation split: nothing is called "best"; the result is last.safetensors
             self.log.append(row)
             if self.step % cfg.save_every == 0 or best or self.step == self.total_steps or end_of_epoch:
                 self.save(with_best=best)
@@ -563,11 +562,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     try:
-        if args.data_root is None or args.out is None:
-            raise TrainError("--data-root and --out are required (or --dry-run)")
+        if args.out is None:
+            raise TrainError("--out is required (or --dry-run)")
         import loaders
 
         loaders.api.check_names(args.dataset, args.split)
+        # like benchmarks.run: without --data-root, the dataset's folder in the data home ($CORRBENCH_DATA)
+        args.data_root = loaders.api.ensure_root(args.dataset, args.data_root)
         cfg = config_from_args(args)
         out = args.out
         from .checkpoint import LAST
@@ -585,14 +586,21 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(cfg, out, rank, world)
         if args.resume:
             trainer.resume()
+            if rank == 0:  # the resumed run's own max_steps / epochs are what config.json says from now on
+                from loaders.atomic import write_text
+
+                record = {**dataclasses.asdict(cfg), "resumed_from_step": trainer.step}
+                write_text(out / "config.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
         elif rank == 0:
             from loaders.atomic import write_text
 
             write_text(out / "config.json", json.dumps(dataclasses.asdict(cfg), indent=2, sort_keys=True) + "\n")
         trainer.run(progress=not args.quiet)
         if rank == 0:
+            result = (f"best validation PCK@0.1 {trainer.best:.4f} (best.safetensors)" if trainer.best >= 0 else
+                      "no validation ran (no validation split): the result is last.safetensors, nothing is called best")
             print(f"trained {cfg.variant} prompts for {trainer.step} steps in {time.perf_counter() - t0:.1f} s; "
-                  f"best validation PCK@0.1 {trainer.best if trainer.best >= 0 else 'n/a'}; wrote {out}")
+                  f"{result}; wrote {out}")
     except (TrainError, DatasetError, ConfigError, MatcherError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)

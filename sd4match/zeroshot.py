@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import readouts as R
+from benchmarks.console import say
 from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
 from benchmarks.flips import partners, swaps_for
 from benchmarks.matchers.base import ConfigError, MatcherError
@@ -184,7 +184,7 @@ class FrameMatcher(DenseMatcher):
     @property
     def dino(self):
         if self._dino is None:
-            print(f"loading DINOv2 from {self.config.dino_id} ...", file=sys.stderr, flush=True)
+            say(f"loading DINOv2 from {self.config.dino_id} ...")
             model, _ = load_dino(self.config.dino_id, self.config.seed, self.config.dino_pos)
             self._dino = model.to(self.device, self.dtype)
         return self._dino
@@ -213,6 +213,15 @@ class FrameMatcher(DenseMatcher):
 
         store_infos = [_flipped(i) for i in infos] if flip else infos
         return torch.stack(self._tokens.get(store_infos, compute)).float()
+
+    def preflight(self, dataset: str, categories: list[str]) -> None:
+        """``flip`` needs a left/right keypoint table for every category: refused before any model loads."""
+        if self.config.flip == "off":
+            return
+        for c in categories:
+            if swaps_for(dataset, c) is None:
+                raise MatcherError(f"flip={self.config.flip}: no left/right keypoint table for dataset {dataset!r}, "
+                                   f"category {c!r} (known: SPair-71k, SPair-U, AP-10K, CUB-200-2011)")
 
     def reset_caches(self) -> None:
         super().reset_caches()
@@ -436,7 +445,7 @@ class SDFrameMatcher(FrameMatcher):
     @property
     def sd(self) -> SDFeaturizer:
         if self._sd is None:
-            print(f"loading Stable Diffusion from {self.config.model_id} ...", file=sys.stderr, flush=True)
+            say(f"loading Stable Diffusion from {self.config.model_id} ...")
             comps = load_components(self.config.model_id, seed=self.config.seed)
             blocks = [int(n.split(".")[1]) for n in self._layers if n.split(".")[0] == "up_blocks" and n.split(".")[1:2]
                       and n.split(".")[1].isdigit()]
@@ -453,8 +462,7 @@ class SDFrameMatcher(FrameMatcher):
             from .captioner import load_captioner
 
             cfg = self.config
-            print(f"loading the ODISE captioner from {cfg.captioner_ckpt} and CLIP from {cfg.clip_id} ...",
-                  file=sys.stderr, flush=True)
+            say(f"loading the ODISE captioner from {cfg.captioner_ckpt} and CLIP from {cfg.clip_id} ...")
             cap = load_captioner(cfg.captioner_ckpt, cfg.clip_id)
             unet = self.sd.c.unet
             cap.check_fits(int(unet.config.cross_attention_dim), int(unet.time_embedding.linear_2.out_features),

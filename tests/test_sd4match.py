@@ -165,7 +165,8 @@ def test_short_run_lowers_loss_and_checkpoint_reloads(tmp_path):
         losses = [float(r["loss"]) for r in csv.DictReader(fh)]
     assert len(losses) == 30
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
-    assert {p.name for p in out.iterdir()} >= {"best.safetensors", "last.safetensors", "config.json", "train_log.csv"}
+    assert {p.name for p in out.iterdir()} >= {"last.safetensors", "config.json", "train_log.csv"}
+    assert not (out / "best.safetensors").exists()  # PF-Willow has no validation split: nothing is called best
     # reload: two matchers from the checkpoint agree bit for bit, and with the trained module
     import loaders
     from sd4match.matcher import SingleMatcher

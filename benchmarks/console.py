@@ -1,0 +1,93 @@
+"""What a run prints: messages that do not break the progress bar, library bars silenced with
+``--quiet``, and the compact summary after a run (the dataset's main protocol, one row per readout,
+``PCK ± half-width`` at that protocol's alphas only, banners for partial runs and random weights)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pandas as pd
+
+
+def say(message: str) -> None:
+    """One line on stderr, written above an active progress bar instead of through it."""
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(message, file=sys.stderr)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        print(message, file=sys.stderr, flush=True)
+
+
+def quiet_libraries() -> None:
+    """No progress bars from Hugging Face libraries (weights loading, downloads)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for name in ("transformers", "diffusers"):
+        module = sys.modules.get(name)
+        if module is not None:
+            try:
+                __import__(f"{name}.utils.logging", fromlist=["disable_progress_bar"]).disable_progress_bar()
+            except (ImportError, AttributeError):  # pragma: no cover - older releases
+                pass
+    if "huggingface_hub" in sys.modules:
+        try:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def _main_protocol(results: pd.DataFrame, dataset: str) -> tuple[str, str, str, str] | None:
+    """(preset, frame, threshold, aggregate) of the dataset's main protocol among the results."""
+    have = set(zip(results["protocol"], results["frame"], results["threshold"], results["aggregate"]))
+    try:
+        from .protocol import protocols_for
+
+        for p in protocols_for(dataset):
+            if (p.name, p.frame, p.threshold, p.aggregate) in have:
+                return p.name, p.frame, p.threshold, p.aggregate
+    except ValueError:
+        pass
+    return sorted(have)[0] if have else None
+
+
+def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = None, subset: str = "all",
+                split_pairs: int | None = None) -> str:
+    """The text printed after a run."""
+    lines = []
+    prov = provenance or {}
+    if subset != "all":
+        lines.append(f"PARTIAL RUN: {subset} of {split_pairs if split_pairs is not None else '?'} pairs; "
+                     "not comparable with numbers on the whole split")
+    if prov.get("random_weights"):
+        lines.append(f"RANDOM WEIGHTS ({', '.join(prov['random_weights'])}): these numbers test the pipeline, "
+                     "not the method")
+    key = _main_protocol(results, dataset)
+    if key is None:
+        return "\n".join(lines + ["(no results)"])
+    name, frame, threshold, aggregate = key
+    r = results[(results["protocol"] == name) & (results["frame"] == frame) & (results["threshold"] == threshold)
+                & (results["aggregate"] == aggregate) & (results["category"] == "all")]
+    strict = name == "geoaware"
+    lines.append(f"{prov.get('label', '')}{' ' if prov.get('label') else ''}[run {prov.get('run_id', '?')}] on {dataset}: "
+                 f"PCK (%), protocol {name} (frame {frame}, threshold {threshold}, aggregate {aggregate}, "
+                 f"{'d < alpha·T' if strict else 'd <= alpha·T'}), ± = 95% bootstrap half-width over pairs")
+    alphas = sorted(set(r["alpha"]))
+    rows = []
+    for readout, g in r.groupby("readout", sort=True):
+        row = {"readout": readout}
+        for a in alphas:
+            x = g[(g["alpha"] - a).abs() < 1e-9]
+            if len(x):
+                v, lo, hi = (float(x[c].iloc[0]) for c in ("pck", "ci_low", "ci_high"))
+                row[f"PCK@{a:g}"] = f"{100 * v:.1f}" + ("" if pd.isna(lo) or pd.isna(hi) else f" ± {50 * (hi - lo):.1f}")
+            else:
+                row[f"PCK@{a:g}"] = "–"
+        rows.append(row)
+    lines.append(pd.DataFrame(rows).to_string(index=False))
+    others = sorted(set(results["protocol"]) - {name})
+    if others:
+        lines.append(f"other protocols ({', '.join(others)}) and categories: results.csv")
+    return "\n".join(lines)

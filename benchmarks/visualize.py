@@ -5,7 +5,9 @@
 
 Each source keypoint is joined to its predicted target location by a line, green when the
 prediction lies within alpha * T of the ground truth (T and frame from the dataset's ``original``
-protocol), red otherwise; ground-truth target keypoints are drawn as white-edged crosses.
+protocol, stated in the title), red otherwise; ground-truth target keypoints are drawn as
+white-edged crosses; a legend says so. The readout is the method's own (the first of its default
+readouts) unless ``--readout`` names another; ``--worst`` orders pairs by per-pair PCK, ties by pair id.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _per_pair_pck(rows, xy, dataset: str, alpha: float):
     return pairs, hit, correct[0] / counts
 
 
-def draw_pair(src_img, trg_img, src_kps, gt_kps, pred_kps, ok, title: str, path: Path) -> None:
+def draw_pair(src_img, trg_img, src_kps, gt_kps, pred_kps, ok, title: str, path: Path, alpha: float = 0.1) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,6 +57,12 @@ def draw_pair(src_img, trg_img, src_kps, gt_kps, pred_kps, ok, title: str, path:
         ax.plot(g[0] + off, g[1], "x", color="black", markersize=5, markeredgewidth=1)
     ax.set_title(title, fontsize=8)
     ax.axis("off")
+    from matplotlib.lines import Line2D
+
+    ax.legend(handles=[Line2D([], [], color="lime", marker="o", markersize=4, label=f"correct (d ≤ {alpha:g}·T)"),
+                       Line2D([], [], color="red", marker="o", markersize=4, label="wrong"),
+                       Line2D([], [], color="black", marker="x", linestyle="", markersize=5, label="ground truth")],
+              loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=7, frameon=False)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
@@ -109,7 +117,11 @@ def visualize(run_dir: Path, data_root: Path, n_pairs: int = 10, category: str |
     table = loaders.load(dataset, data_root, split, layout=meta.get("layout"))
     pred = P.read(run_dir / "predictions.parquet")
     readouts = sorted(set(pred.column("readout").to_pylist()))
-    readout = readout or readouts[0]
+    if readout is None:  # the method's own readout: its first default one, then the run's first
+        prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+        listed = meta.get("readouts") if isinstance(meta.get("readouts"), list) else []
+        readout = next((r for r in [prov.get("default_readout"), *listed] if isinstance(r, str) and r in readouts),
+                       readouts[0])
     if readout not in readouts:
         raise ValueError(f"unknown readout {readout!r} in {run_dir}; valid: {', '.join(readouts)}")
     pred = pred.filter(pc.equal(pred.column("readout"), readout))
@@ -122,10 +134,16 @@ def visualize(run_dir: Path, data_root: Path, n_pairs: int = 10, category: str |
     order = np.arange(len(frac))
     if category is not None:
         order = order[pairs.category[order] == category]
-    if worst:
-        order = order[np.argsort(frac[order], kind="stable")]
+    if worst:  # lowest per-pair PCK first; equal PCK in pair-id order (not in table order)
+        ids = np.array([str(x) for x in pairs.pair_id], dtype=object)
+        order = order[np.lexsort((ids[order], frac[order]))]
     order = order[:n_pairs]
     out = out or run_dir / "vis"
+    from .protocol import DATASET_THRESHOLD
+
+    threshold = DATASET_THRESHOLD[dataset]
+    prov = meta.get("provenance") if isinstance(meta.get("provenance"), dict) else {}
+    label = str(prov.get("label") or meta.get("matcher", "?"))[:120]
     kept = rows.filter(pa.array(pairs.keep)) if not pairs.keep.all() else rows
     written = []
     for i in order:
@@ -134,9 +152,10 @@ def visualize(run_dir: Path, data_root: Path, n_pairs: int = 10, category: str |
         src, s_scale = open_scaled(data_root / r["src_image"], max_side)
         trg, t_scale = open_scaled(data_root / r["trg_image"], max_side)
         name = f"{len(written):03d}-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in r["pair_id"]) + ".png"
-        title = f"{r['pair_id']}  {readout}  PCK@{alpha:g} = {frac[i] * 100:.0f}%"
+        title = (f"{label}: {r['pair_id']}, readout {readout}, PCK@{alpha:g} = {frac[i] * 100:.0f}%\n"
+                 f"protocol original: frame original, threshold {threshold}, correct when d ≤ alpha·T")
         draw_pair(src, trg, np.array(r["src_kps"]) * s_scale, np.array(r["trg_kps"]) * t_scale,
-                  xy[readout][s:e] * t_scale, hit[s:e], title, out / name)
+                  xy[readout][s:e] * t_scale, hit[s:e], title, out / name, alpha)
         written.append(out / name)
     return written
 

@@ -172,10 +172,43 @@ def load(
     return table
 
 
-def to_hf_dataset(table: pa.Table):
-    """Wrap a pair table as a Hugging Face ``datasets.Dataset`` (zero-copy over Arrow)."""
+def to_hf_dataset(table: pa.Table, root: str | os.PathLike | None = None, images: bool = False):
+    """Wrap a pair table as a Hugging Face ``datasets.Dataset`` (zero-copy over Arrow).
+
+    ``root``: the dataset root the image paths are relative to, recorded in the dataset's
+    description (so a saved copy says where its images are). ``images``: make it self-contained:
+    ``src_img`` / ``trg_img`` columns of ``datasets.Image()`` holding each image's encoded bytes
+    (paths checked to stay inside ``root``; every pair carries its two images, so this is for
+    subsets and sharing, not for the 12k pairs of SPair-71k's test split).
+    """
     try:
         import datasets
     except ImportError:  # pragma: no cover
         raise ImportError("to_hf_dataset needs the 'datasets' package: pip install datasets") from None
-    return datasets.Dataset(table)
+    ds = datasets.Dataset(table)
+    if root is None:
+        if images:
+            raise ValueError("to_hf_dataset(images=True) needs the dataset root the image paths are relative to")
+        return ds
+    from ._common import inside_root, regular_file
+
+    base = Path(root).resolve()
+    ds.info.description = f"corrbench pair table; image paths are relative to the dataset root {base}"
+    if not images:
+        return ds
+    cache: dict[str, bytes] = {}
+
+    def read(rel: str, field: str) -> dict:
+        if rel not in cache:
+            path = base / inside_root(base, rel, "pair table", field)
+            cache.clear() if len(cache) > 256 else None
+            cache[rel] = regular_file(path, "image file").read_bytes()
+        return {"bytes": cache[rel], "path": rel}
+
+    features = ds.features.copy()
+    features["src_img"] = datasets.Image()
+    features["trg_img"] = datasets.Image()
+    ds = ds.map(lambda r: {"src_img": read(r["src_image"], "src_image"), "trg_img": read(r["trg_image"], "trg_image")},
+                features=features, desc="embedding images")
+    ds.info.description = f"corrbench pair table with its images embedded (from {base})"
+    return ds

@@ -114,3 +114,24 @@ def test_training_data_home_resumed_max_steps_and_no_false_best(tmp_path, monkey
     assert train_cli([*base, "--max-steps", "3", "--resume"]) == 0
     record = json.loads((out / "config.json").read_text())
     assert record["max_steps"] == 3 and record["resumed_from_step"] == 2
+
+
+def test_visualize_draws_the_methods_own_readout_with_its_protocol_and_orders_ties(willow, tmp_path, monkeypatch):
+    import re
+
+    import benchmarks.visualize as V
+
+    out = tmp_path / "r"
+    assert run_cli(["--matcher", "dift", "--preset", "tiny", "--dataset", "pf-willow", "--data-root", str(willow),
+                    "--out", str(out), "--quiet"]) == 0
+    drawn = []
+    monkeypatch.setattr(V, "draw_pair", lambda *a, **k: drawn.append(a[6]))
+    written = V.visualize(out, willow, n_pairs=6, worst=True)
+    assert len(drawn) == len(written) == 6
+    parsed = [re.search(r": (\S+), readout (\S+), PCK@0.1 = (\d+)%\nprotocol original: frame original, threshold (\S+)", t)
+              for t in drawn]
+    assert all(p is not None for p in parsed), drawn[0]
+    assert {p.group(2) for p in parsed} == {"upsampled-nn"}  # DIFT's own readout, not the alphabetical first
+    assert all(t.startswith("dift (preset tiny; random weights: tiny): ") for t in drawn)
+    keys = [(int(p.group(3)), p.group(1)) for p in parsed]
+    assert keys == sorted(keys)  # worst first, equal PCK in pair-id order

@@ -244,6 +244,20 @@ def test_hf_export(tmp_path):
     assert ds.num_rows == table.num_rows
     assert ds[0]["src_kps"] == table.column("src_kps")[0].as_py()
     assert ds.column_names == list(schema.COLUMNS)
+    # self-contained: the images travel with the table; saved and reloaded without the root
+    full = loaders.to_hf_dataset(table, tmp_path, images=True)
+    assert str(tmp_path.resolve()) in full.info.description
+    full.save_to_disk(str(tmp_path / "hf"))
+    import datasets
+
+    again = datasets.load_from_disk(str(tmp_path / "hf"))
+    from PIL import Image
+
+    img = again[0]["src_img"]
+    with Image.open(tmp_path / table.column("src_image")[0].as_py()) as want:
+        assert img.size == want.size and img.convert("RGB").tobytes() == want.convert("RGB").tobytes()
+    with pytest.raises(ValueError, match="needs the dataset root"):
+        loaders.to_hf_dataset(table, images=True)
 
 
 def test_cli_convert_and_stats(tmp_path, capsys):

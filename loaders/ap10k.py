@@ -49,6 +49,8 @@ def pair_files(root: Path, split: str) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.name.endswith(".json"))
     if not files:
         raise DatasetError(f"{folder}: no pair files")
+    for p in files:  # a pair file that is a link out of the dataset root is not read
+        inside_root(root, p.relative_to(root).as_posix(), str(p), "pair file")
     return files
 
 
@@ -60,12 +62,23 @@ def _image_json_rel(value, where: str, field: str) -> str:
     return rel[rel.index("ImageAnnotation/"):]
 
 
-def read_image(root: Path, rel: str, cache: dict) -> dict:
-    """One image annotation, validated: keypoints (17 x (x, y, v)), box, size, species, family."""
-    if rel in cache:
-        return cache[rel]
-    path = Path(root) / rel
-    ann = read_json_object(path, "AP-10K image annotation")
+#: a species or family name: it becomes a folder name and the category in pair file names
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9 _.-]{0,63}$")
+
+
+def check_name(value, where: str, field: str) -> str:
+    """A species or family name that is one safe path component (letters first; letters, digits,
+    space, '_', '.', '-'; at most 64 characters; not ending in a dot or space)."""
+    if not isinstance(value, str) or not NAME.match(value) or value.endswith((".", " ")):
+        raise DatasetError(f"{where}: field {field!r} must be a name of letters, digits, space, '_', '.', '-' "
+                           f"(a letter first, at most 64 characters), got {str(value)[:80]!r}")
+    return value
+
+
+def validate_image(ann: dict, where: str) -> dict:
+    """The fields of one image annotation, validated (the reader's rules, shared with the builder):
+    size, keypoints (17 x (x, y, v), v in 0/1/2, visible ones inside the image), box, species, family."""
+    path = where
     w, h = check_size(ann.get("width"), ann.get("height"), str(path), "width/height")
     kp = ann.get("keypoints")
     if not isinstance(kp, list) or len(kp) != 3 * N_KPS:
@@ -76,22 +89,30 @@ def read_image(root: Path, rel: str, cache: dict) -> dict:
     if any(v not in (0, 1, 2) or isinstance(v, bool) for v in vis):
         raise DatasetError(f"{path}: keypoint visibility must be 0, 1 or 2, got {vis!r}"[:300])
     box = ann.get("bbox")
-    if not (isinstance(box, list) and len(box) == 4):
-        raise DatasetError(f"{path}: field 'bbox' must be [x, y, w, h], got {box!r}"[:300])
+    if not (isinstance(box, list) and len(box) == 4) or any(isinstance(v, bool) for v in box):
+        raise DatasetError(f"{path}: field 'bbox' must be [x, y, w, h] numbers, got {box!r}"[:300])
     try:
         x, y, bw, bh = (float(v) for v in box)
     except (TypeError, ValueError):
         raise DatasetError(f"{path}: field 'bbox' must hold numbers, got {box!r}"[:300]) from None
     bbox = check_box([x, y, x + bw, y + bh], w, h, str(path), "bbox")
     for key in ("name", "supercategory"):
-        if not isinstance(ann.get(key), str) or not ann[key]:
-            raise DatasetError(f"{path}: field {key!r} must be a non-empty string")
+        check_name(ann.get(key), str(path), key)
     for i, (p, v) in enumerate(zip(xy, vis)):
         if v and not (-1 <= p[0] <= w + 1 and -1 <= p[1] <= h + 1):
             raise DatasetError(f"{path}: keypoint {i} ({KEYPOINTS[i]}) at {p} lies outside the {w} x {h} image")
+    return {"xy": xy, "vis": vis, "bbox": bbox, "size": (w, h), "species": ann["name"], "family": ann["supercategory"]}
+
+
+def read_image(root: Path, rel: str, cache: dict) -> dict:
+    """One image annotation file, validated (:func:`validate_image`), with its image's path."""
+    if rel in cache:
+        return cache[rel]
+    path = Path(root) / rel
+    ann = read_json_object(path, "AP-10K image annotation")
+    out = validate_image(ann, str(path))
     image = rel.replace("ImageAnnotation/", "JPEGImages/", 1)[: -len(".json")] + ".jpg"
-    out = {"xy": xy, "vis": vis, "bbox": bbox, "size": (w, h), "species": ann["name"], "family": ann["supercategory"],
-           "image": inside_root(root, image, str(path), "image path")}
+    out["image"] = inside_root(root, image, str(path), "image path")
     cache[rel] = out
     return out
 

@@ -58,11 +58,61 @@ def _visibility(a: list, b: list) -> float:
     return sum((a[3 * i + 2] / 2) * (b[3 * i + 2] / 2) for i in range(len(a) // 3))
 
 
+def _inside(base: Path, *parts: str) -> Path:
+    """``base / parts``, refused if it would leave ``base`` (names are checked before; this is the
+    last guard of every write)."""
+    path = base.joinpath(*parts)
+    if os.path.commonpath([os.path.abspath(path), os.path.abspath(base)]) != os.path.abspath(base):
+        raise DatasetError(f"{'/'.join(parts)}: would be written outside {base}")
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, not ours
+        return True
+    return True
+
+
+def _remove_stale(out: Path) -> None:
+    """Building folders of earlier builds into ``out`` whose process is gone (a killed build)."""
+    for d in out.parent.glob(f".{out.name}.building-*"):
+        try:
+            pid = int(d.name.rsplit("-", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _num_keypoints(a: dict, where: str) -> int:
+    n = a.get("num_keypoints", 0)
+    if n is None:
+        return 0
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 17:
+        raise DatasetError(f"{where}: field 'num_keypoints' must be an integer in 0..17, got {n!r}"[:300])
+    return n
+
+
 def build(annotation_files: list[Path], images_dir: Path, crowd_file: Path, out: Path) -> dict[str, int]:
-    """Write the benchmark into ``out`` (which must not exist yet); returns pairs per split folder."""
+    """Write the benchmark into ``out`` (which must not exist yet); returns pairs per split folder.
+
+    Every name from the files (family, species) must be one safe path component, and every image
+    annotation must pass the reader's rules (:func:`loaders.ap10k.validate_image`), or nothing is
+    written (one-line :class:`DatasetError` naming the file and field). The build goes into its own
+    temporary folder beside ``out`` (concurrent builds never share one), the reader then reads every
+    split of it, and only then is it published in one rename; a second build that finishes later
+    finds ``out`` taken and publishes nothing."""
+    from .ap10k import SPLITS, check_name, pair_folder, validate_image
+    from .ap10k import load as read_split
+
     out = Path(out)
     if out.exists():
         raise DatasetError(f"{out}: already exists; the build writes a new folder")
+    _remove_stale(out)
     crowd = {int(t) for t in read_text(crowd_file, "AP-10K crowd list").split() if t.strip().isdigit()}
     cats, images, anns = {}, {}, {}
     for path in annotation_files:
@@ -71,6 +121,8 @@ def build(annotation_files: list[Path], images_dir: Path, crowd_file: Path, out:
             if not (isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
                     and isinstance(c.get("supercategory"), str)):
                 raise DatasetError(f"{path}: a category lacks an integer id, a name or a supercategory: {c!r}"[:300])
+            check_name(c["name"], f"{path}: category {c['id']}", "name")
+            check_name(c["supercategory"], f"{path}: category {c['id']}", "supercategory")
             cats[c["id"]] = c
         for im in data["images"]:
             if not (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)):
@@ -81,28 +133,38 @@ def build(annotation_files: list[Path], images_dir: Path, crowd_file: Path, out:
                     and len(a["keypoints"]) == 51 and a.get("category_id") in cats):
                 raise DatasetError(f"{path}: an annotation lacks image_id, 17 x 3 keypoints or a known category: "
                                    f"{str(a)[:200]}")
-            anns.setdefault(a["image_id"], a)  # the first annotation of each image
-    tmp = out.with_name(f".{out.name}.building")
-    shutil.rmtree(tmp, ignore_errors=True)
+            if a["image_id"] not in anns:  # the first annotation of each image
+                _num_keypoints(a, f"{path}: annotation of image {a['image_id']}")
+                anns[a["image_id"]] = (a, path)
+    # validated before anything is written: the reader's rules on every image that is kept
+    for image_id in sorted(anns):
+        (a, path), im = anns[image_id], images.get(image_id)
+        if im is None:
+            raise DatasetError(f"{path}: annotation of image {image_id} has no image entry")
+        cat = cats[a["category_id"]]
+        validate_image({**a, **im, "name": cat["name"], "supercategory": cat["supercategory"]},
+                       f"{path}: image {image_id}")
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-{os.getpid()}-", dir=out.parent))
     lists: dict[tuple[str, str], dict[str, list[int]]] = {}
     records: dict[int, dict] = {}
     try:
         for image_id in sorted(anns):
-            a, im = anns[image_id], images.get(image_id)
-            if im is None:
-                raise DatasetError(f"annotation of image {image_id} has no image entry")
+            (a, _), im = anns[image_id], images[image_id]
             cat = cats[a["category_id"]]
             family, species = cat["supercategory"], cat["name"]
             rec = {**a, **im, "name": species, "supercategory": family}
             rel = f"{family}/{species}/{image_id:012d}"
-            (tmp / "ImageAnnotation" / family / species).mkdir(parents=True, exist_ok=True)
-            (tmp / "ImageAnnotation" / f"{rel}.json").write_text(json.dumps(rec, indent=4))
+            _inside(tmp, "ImageAnnotation", family, species).mkdir(parents=True, exist_ok=True)
+            _inside(tmp, "ImageAnnotation", f"{rel}.json").write_text(json.dumps(rec, indent=4))
             src = images_dir / os.path.basename(im["file_name"])
             regular_file(src, "AP-10K image")
-            (tmp / "JPEGImages" / family / species).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / "JPEGImages" / f"{rel}.jpg")
+            _inside(tmp, "JPEGImages", family, species).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, _inside(tmp, "JPEGImages", f"{rel}.jpg"))
             records[image_id] = {"rel": rel, "kp": a["keypoints"]}
-            if image_id in crowd or int(a.get("num_keypoints", 0) or 0) < MIN_KEYPOINTS:
+            if image_id in crowd or _num_keypoints(a, "") < MIN_KEYPOINTS:
                 continue
             lists.setdefault((family, species), {"all": []})["all"].append(image_id)
         for (family, species), d in sorted(lists.items()):
@@ -161,7 +223,18 @@ def build(annotation_files: list[Path], images_dir: Path, crowd_file: Path, out:
                       "train_pairs_per_image": TRAIN_PAIRS_PER_IMAGE, "cross_species_max": CROSS_SPECIES_MAX,
                       "cross_family_max": CROSS_FAMILY_MAX, "crowd_ids_dropped": len(crowd & set(anns))},
         }, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, out)
+        # what is published is what the reader accepts, every split of it
+        for split in SPLITS:
+            if pair_folder(tmp, split).is_dir() and any(pair_folder(tmp, split).glob("*.json")):
+                try:
+                    read_split(tmp, split)
+                except DatasetError as exc:
+                    raise DatasetError(f"the built dataset fails its own reader, nothing published: "
+                                       f"{str(exc).replace(str(tmp), str(out))}") from None
+        try:
+            os.rename(tmp, out)  # one rename; refused when another build published first
+        except OSError:
+            raise DatasetError(f"{out}: already exists (another build finished first); nothing published by this one") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

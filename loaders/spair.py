@@ -107,6 +107,8 @@ def load(root: str | os.PathLike, split: str, layout: str = "large", *, folder: 
     cols = schema.empty_columns()
     seen = set()
     for name, path in zip(names, paths):
+        # a pair file that is a link out of the dataset root is not read
+        inside_root(Path(root), f"{folder}/{split}/{name}.json", str(path), "pair annotation file")
         ann = read_json_object(path, "pair annotation")
         src_kps = _kps(ann, "src_kps", path)
         trg_kps = _kps(ann, "trg_kps", path)

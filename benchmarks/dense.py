@@ -40,7 +40,7 @@ DENSE_READOUTS = (*R.READOUTS, "upsampled-nn")
 RESIZE = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "lanczos": "LANCZOS", "nearest": "NEAREST"}
 #: settings that do not change the features (left out of the feature-cache key)
 NON_FEATURE_SETTINGS = ("readout", "batch_size", "cache_dir", "temperature", "kernel_sigma", "window_radius",
-                        "geoaware_window", "geoaware_beta")
+                        "geoaware_window", "geoaware_beta", "batch_invariant")
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ class DenseConfig(MatcherConfig):
     temperature: softmax temperature of the soft readouts; kernel_sigma: Gaussian sigma in grid
         cells (kernel soft-argmax); window_radius: half-width in cells (window soft-argmax).
     cache_dir: feature cache folder ("" = no cache).
+    batch_invariant: every image's network passes are calls of their own (an image's VAE pass and
+        its ensemble's UNet pass, its DINOv2 pass; a CPM pair's two images together), so its
+        features never depend on which other images shared a batch: a resumed run gives
+        byte-identical predictions. ``false`` batches ``batch_size`` images per call (faster on
+        small ensembles; results then move within float rounding with the batch composition).
     dtype: ``float32``, ``float16``, ``bfloat16`` or ``auto`` (float32 on the CPU; on a GPU the
         precision the method's authors evaluated in, the matcher's ``gpu_dtype``). The resolved
         precision is what the run records.
@@ -71,6 +76,7 @@ class DenseConfig(MatcherConfig):
     geoaware_window: int = 7
     geoaware_beta: float = 0.02
     cache_dir: str = ""
+    batch_invariant: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -580,9 +586,16 @@ class DenseMatcher(Matcher):
                 self.stats["cache_hits"] += 1
             else:
                 todo.append(i)
-        bs = self.batch_size if todo else 1
-        for b in range(0, len(todo), bs):
-            chunk = todo[b:b + bs]
+        if self.config.batch_invariant:
+            # one call per image (per pair when a pair's features depend on both images): an image's
+            # features are the same whatever else is computed around it (resumes are byte-identical)
+            group = (lambda i: i // 2) if self.per_pair_features else (lambda i: i)
+            chunks = [[i for i in todo if group(i) == g] for g in dict.fromkeys(group(i) for i in todo)]
+            bs = 2 if self.per_pair_features else 1
+        else:
+            bs = self.batch_size if todo else 1
+            chunks = [todo[b:b + bs] for b in range(0, len(todo), bs)]
+        for chunk in chunks:
             if self.host_images:  # the matcher uploads what it needs (see ``host_images``)
                 batch = [items[i][0] for i in chunk]
             else:

@@ -54,11 +54,14 @@ class ImageStore:
     """Per-image tensors computed once: kept in memory and, with a cache folder, on disk under
     ``cache_dir/<kind>/<hash of the settings that change them>/<image key>.pt``."""
 
-    def __init__(self, cache_dir: str, kind: str, settings: list, device, limit: int | None = None):
+    def __init__(self, cache_dir: str, kind: str, settings: list, device, limit: int | None = None,
+                 one_at_a_time: bool = False):
         blob = json.dumps(settings)
         self.dir = Path(cache_dir) / kind / hashlib.sha256(blob.encode()).hexdigest()[:12] if cache_dir else None
         self.device = device
         self.limit = limit
+        #: compute missing values one image per call (batch-invariant results; see DenseConfig)
+        self.one_at_a_time = one_at_a_time
         self.mem: dict[str, object] = {}
 
     def get(self, infos: list[ImageInfo], compute) -> list:
@@ -77,7 +80,8 @@ class ImageStore:
             seen.add(info.key)
             missing.append(i)
         if missing:
-            for i, value in zip(missing, compute(missing)):
+            values = [v for i in missing for v in compute([i])] if self.one_at_a_time else compute(missing)
+            for i, value in zip(missing, values):
                 self.mem[infos[i].key] = value
                 if self.dir is not None and not cachefile.save(self.dir / f"{infos[i].key[:32]}.pt", value):
                     self.dir = None  # read-only or full: memory only from here on
@@ -107,7 +111,7 @@ class SDMatcherBase(DenseMatcher):
         # keyed by the weights' fingerprint (random-weight presets: by their seed), the resize and the input size
         self._posteriors = ImageStore(cfg.cache_dir, "vae", [self.fingerprints()["model"], cfg.image_size, cfg.resize,
                                                              cfg.dtype, cfg.device.split(":")[0]],
-                                      self.device, limit=2 * self.memory_cache_size)
+                                      self.device, limit=2 * self.memory_cache_size, one_at_a_time=cfg.batch_invariant)
 
     def fingerprints(self) -> dict[str, str]:
         if not hasattr(self, "_fingerprints"):
@@ -152,7 +156,8 @@ class SDMatcherBase(DenseMatcher):
     def sd_features(self, images, infos: list[ImageInfo], context: torch.Tensor, keys: list[str]) -> torch.Tensor:
         cfg = self.config
         if cfg.compile and self.sd.pad_to is None and not self.sd.in_eager:
-            self.sd.pad_to = self.batch_size * cfg.ensemble
+            per_call = (2 if self.per_pair_features else 1) if cfg.batch_invariant else self.batch_size
+            self.sd.pad_to = per_call * cfg.ensemble
         mean, std = self.posterior(images, infos)
         return self.sd.features(mean, std, context, keys=keys, t=cfg.t, ensemble=cfg.ensemble, seed=cfg.seed,
                                 posterior=cfg.posterior)

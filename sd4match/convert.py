@@ -161,9 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path)
     args = p.parse_args(argv)
     try:
+        if args.out.is_dir():
+            raise MatcherError(f"{args.out}: --out is a folder; give the prompt file to write (e.g. {args.out / 'prompts.safetensors'})")
         print(convert(args.variant, args.input, args.out))
     except MatcherError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {getattr(exc, 'filename', None) or args.out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
         return 2
     return 0
 

@@ -26,6 +26,12 @@ class DiftConfig(SDConfig):
     posterior: str = "per-member"
     readout: str = "upsampled-nn,nn,soft-argmax,kernel-soft-argmax,window-soft-argmax"
 
+    def __post_init__(self):
+        super().__post_init__()
+        rest = self.prompt.replace("{category}", "")
+        if "{" in rest or "}" in rest:
+            raise ValueError(f"prompt may hold the placeholder {{category}} and no other braces, got {self.prompt!r}")
+
 
 class DiftMatcher(SDMatcherBase):
     name = "dift"
@@ -41,13 +47,13 @@ class DiftMatcher(SDMatcherBase):
         self._prompts: dict[str, torch.Tensor] = {}
 
     def cache_tag(self, info) -> str:
-        return self.config.prompt.format(category=info.category)
+        return self.config.prompt.replace("{category}", info.category)
 
     def _context(self, categories: list[str]) -> torch.Tensor:
         """Text-encoder output, computed once per prompt."""
         for c in set(categories):
             if c not in self._prompts:
-                self._prompts[c] = self.sd.encode_text([self.config.prompt.format(category=c)])[0]
+                self._prompts[c] = self.sd.encode_text([self.config.prompt.replace("{category}", c)])[0]
         return torch.stack([self._prompts[c] for c in categories])
 
     def extract(self, images, infos):

@@ -201,7 +201,7 @@ class CPMMatcher(SD4MatchMatcher):
         super().__init__(config)
         cfg = self.config
         self._tokens = ImageStore(cfg.cache_dir, "dino", [self.fingerprints()["dino"], cfg.device.split(":")[0], cfg.dino_pos],
-                                  self.device)
+                                  self.device, one_at_a_time=cfg.batch_invariant)
 
     def fingerprints(self) -> dict[str, str]:
         out = super().fingerprints()

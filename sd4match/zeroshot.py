@@ -166,7 +166,7 @@ class FrameMatcher(DenseMatcher):
         self._tokens = ImageStore(cfg.cache_dir, "dino", [self.fingerprints()["dino"], cfg.device.split(":")[0],
                                                           "frame", cfg.image_size, cfg.pad, cfg.dino_layer,
                                                           cfg.dino_final_norm, cfg.dtype, cfg.dino_pos],
-                                  self.device, limit=2 * self.memory_cache_size)
+                                  self.device, limit=2 * self.memory_cache_size, one_at_a_time=cfg.batch_invariant)
         #: per-image stores (DINOv2 tokens, SD layers): cleared by reset_caches, sized by keep_in_memory
         self._stores = [self._tokens]
 
@@ -421,7 +421,7 @@ class SDFrameMatcher(FrameMatcher):
                                     [self.fingerprints()["model"], cfg.sd_size, cfg.window, cfg.t, cfg.layers,
                                      cfg.prompt, cfg.freeu, cfg.pad, cfg.seed, cfg.dtype, cfg.device.split(":")[0],
                                      cfg.captioner, self.fingerprints().get("captioner"), self.fingerprints().get("clip")],
-                                    self.device, limit=2 * self.memory_cache_size)
+                                    self.device, limit=2 * self.memory_cache_size, one_at_a_time=cfg.batch_invariant)
         self._stores.append(self._sd_store)
 
     def fingerprints(self):
@@ -748,7 +748,11 @@ def load_head(path: str, device) -> AggregationHead:
 
     state = read_tensors(_head_file(path), "the GeoAware head checkpoint")
     head = AggregationHead()
-    missing, unexpected = head.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # the names fit, the shapes do not
+        first = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc).splitlines()[0])
+        raise MatcherError(f"{path}: the state dict's shapes do not fit this toolkit's AggregationHead ({first[:200]})") from None
     if missing or unexpected:
         raise MatcherError(f"{path}: the state dict does not fit this toolkit's AggregationHead "
                            f"({len(missing)} missing keys, e.g. {missing[:1]}; {len(unexpected)} unexpected, e.g. {unexpected[:1]}); "

@@ -28,6 +28,11 @@ class PatchConfig(DenseConfig):
     temperature: float = 0.005
     readout: str = "nn,soft-argmax,kernel-soft-argmax,window-soft-argmax,upsampled-nn"
 
+    def __post_init__(self):
+        super().__post_init__()
+        if not 2 <= self.grid <= 1024 or not 0 <= self.radius <= 64:
+            raise ValueError(f"grid must be in 2..1024 and radius in 0..64, got grid={self.grid}, radius={self.radius}")
+
 
 class PatchMatcher(DenseMatcher):
     name = "patch"

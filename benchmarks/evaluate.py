@@ -204,12 +204,6 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    import json
-
-    from loaders import DatasetError
-    from loaders.atomic import write_text
-
-    from .predictions import PredictionError
     from .protocol import PRESETS
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.evaluate", description="Recompute PCK from a predictions file.")
@@ -226,6 +220,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="replace results.csv / breakdowns.csv already in --out")
     args = p.parse_args(argv)
     out = args.out or args.predictions.parent / "evaluate"
+    from .outlock import LockedError, lock, unlock
+
+    created = not out.exists()
+    try:  # one writer per folder, --overwrite included (a run writing there holds the same lock)
+        if out.exists() and not out.is_dir():
+            raise LockedError(f"{out}: --out is a file, not a folder")
+        lock(out)
+    except (LockedError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    code = 2
+    try:
+        code = _evaluate_main(args, out, argv)
+        return code
+    finally:
+        unlock()
+        if code != 0 and created:  # a refused evaluation leaves no folder behind
+            (out / ".corrbench.lock").unlink(missing_ok=True)
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+
+
+def _evaluate_main(args, out: Path, argv) -> int:
+    import json
+
+    from loaders import DatasetError
+    from loaders.atomic import write_text
+
+    from .predictions import PredictionError
+
     if not args.overwrite and any((out / f).exists() for f in ("results.csv", "breakdowns.csv", "per_pair.parquet")):
         print(f"error: {out} already holds results.csv; pass --overwrite to replace them or choose another --out "
               "(a run's own results are never replaced silently)", file=sys.stderr)

@@ -363,29 +363,19 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
         bar.close()
 
 
-_LOCKS: list = []
-
-
 def _lock(out: Path) -> None:
-    """Hold an exclusive lock on ``out`` for this process's lifetime: a second run into the same
-    folder stops with a clear message instead of interleaving its files (the lock dies with the process)."""
+    from .outlock import LockedError, lock
+
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - no flock on this platform: no protection, as before
-        return
-    fh = open(out / ".corrbench.lock", "a+")  # noqa: SIM115 - kept open while the run lasts
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise RunError(f"{out}: another run is writing into this folder; wait for it to finish or choose "
-                       "another --out") from None
-    _LOCKS.append(fh)
+        lock(out)
+    except LockedError as exc:
+        raise RunError(str(exc)) from None
 
 
 def _unlock() -> None:
-    while _LOCKS:
-        _LOCKS.pop().close()
+    from .outlock import unlock
+
+    unlock()
 
 
 def run(args) -> Path:

@@ -343,8 +343,6 @@ class Trainer:
         import shutil
         import tempfile
 
-        from loaders.atomic import write_text
-
         from . import checkpoint as ckpt
 
         if self.rank != 0:
@@ -359,13 +357,7 @@ class Trainer:
         previous = self.current_step_dir()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:
-            ckpt.save(self.prompt, tmp / ckpt.LAST, **meta)
-            if with_best:
-                ckpt.save(self.prompt, tmp / ckpt.BEST, **meta)
-            elif previous is not None and (previous / ckpt.BEST).is_file():
-                shutil.copyfile(previous / ckpt.BEST, tmp / ckpt.BEST)
-            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best}, tmp / "state.pt")
-            (tmp / "train_log.csv").write_text(self._log_text())
+            self._write_step(tmp, ckpt, meta, with_best, previous)
             final = root / name
             if final.exists():  # a step written before a crash, never pointed at
                 shutil.rmtree(final)
@@ -373,10 +365,36 @@ class Trainer:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        write_text(self.out / POINTER, name + "\n")  # the commit
+        self._point_to(final)
+
+    def _write_step(self, tmp: Path, ckpt, meta: dict, with_best: bool, previous) -> None:
+        """The files of one checkpoint step; a write that fails (a full disk) is one TrainError line."""
+        import shutil
+
+        try:
+            ckpt.save(self.prompt, tmp / ckpt.LAST, **meta)
+            if with_best:
+                ckpt.save(self.prompt, tmp / ckpt.BEST, **meta)
+            elif previous is not None and (previous / ckpt.BEST).is_file():
+                shutil.copyfile(previous / ckpt.BEST, tmp / ckpt.BEST)
+            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best}, tmp / "state.pt")
+            (tmp / "train_log.csv").write_text(self._log_text())
+        except OSError:
+            raise
+        except Exception as exc:  # torch.save / safetensors report a full disk as their own errors
+            raise OSError(f"cannot write the checkpoint step ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+
+    def _point_to(self, final: Path) -> None:
+        """Commit a written step: switch the pointer to it, refresh the top-level copies, drop older steps."""
+        import shutil
+
+        from loaders.atomic import write_text
+
+        write_text(self.out / POINTER, final.name + "\n")  # the commit
         self.publish(final)
-        for d in root.iterdir():  # older steps and leftovers of interrupted ones
-            if d.name != name:
+        for d in final.parent.iterdir():  # older steps and leftovers of interrupted ones
+            if d.name != final.name:
                 shutil.rmtree(d, ignore_errors=True)
 
     def _log_text(self) -> str:

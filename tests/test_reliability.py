@@ -484,7 +484,7 @@ def test_run_out_in_the_way_locked_or_full(tmp_path, capsys, monkeypatch):
     with open(out / ".corrbench.lock", "a+") as fh:  # another run holds the folder
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert run_cli(args + ["--out", str(out)]) == 2
-        assert "another run is writing into this folder" in capsys.readouterr().err
+        assert "another run or evaluation is writing into this folder" in capsys.readouterr().err
     assert not (out / "results.csv").exists()
 
     def full(*a, **k):

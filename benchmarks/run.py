@@ -428,6 +428,8 @@ def run(args) -> Path:
     split_pairs = table.num_rows
     if args.limit is not None:
         table = table.slice(0, min(args.limit, split_pairs))
+        if args.limit >= split_pairs:  # a limit beyond the split covers all of it
+            subset = "all"
     elif args.sample is not None:
         table = table.take(stratified_sample(table.column("category").to_pylist(), args.sample, sample_seed))
     t_load = time.perf_counter() - t0

@@ -68,9 +68,16 @@ def _validate(df: pd.DataFrame, where: str) -> None:
         i = int(inverted.to_numpy().nonzero()[0][0])
         raise LeaderboardError(f"{where}: row {i + 2}: the interval [ci_low, ci_high] = [{df['ci_low'].iloc[i]}, "
                                f"{df['ci_high'].iloc[i]}] is inverted")
-    for col in ("method", "readout", "tta", "precision", "protocol", "frame", "threshold", "aggregate", "category"):
+    for col in ("method", "matcher", "dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout",
+                "category"):
         if col in df.columns:
-            df[col] = df[col].map(clean_text)
+            empty = df[col].isna() | (df[col].astype(str).map(clean_text) == "")
+            if empty.any():
+                raise LeaderboardError(f"{where}: column {col!r} is empty in row {int(empty.to_numpy().nonzero()[0][0]) + 2}")
+    for col in ("method", "matcher", "readout", "tta", "precision", "protocol", "frame", "threshold", "aggregate",
+                "category", "dataset", "split"):
+        if col in df.columns:
+            df[col] = df[col].map(lambda v: v if pd.isna(v) else clean_text(v))
 
 
 def read_reported(path: str | Path | None = None) -> pd.DataFrame:

@@ -127,6 +127,10 @@ def build(annotation_files: list[Path], images_dir: Path, crowd_file: Path, out:
         for im in data["images"]:
             if not (isinstance(im, dict) and isinstance(im.get("id"), int) and isinstance(im.get("file_name"), str)):
                 raise DatasetError(f"{path}: an image lacks an integer id or a file_name: {im!r}"[:300])
+            name = os.path.basename(im["file_name"].replace("\\", "/"))
+            if not name or name in (".", "..") or any(ord(ch) < 32 or ch == "\x7f" for ch in im["file_name"]):
+                raise DatasetError(f"{path}: image {im['id']}: field 'file_name' must name an image file, "
+                                   f"got {im['file_name'][:80]!r}")
             images.setdefault(im["id"], im)
         for a in data["annotations"]:
             if not (isinstance(a, dict) and isinstance(a.get("image_id"), int) and isinstance(a.get("keypoints"), list)

@@ -13,64 +13,36 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .matchers.base import ConfigError, MatcherError, Pair, config_hash, parse_settings
+from .matchers.base import ConfigError, MatcherError, config_hash
 from .provenance import provenance
-
-#: CLI flags that map onto matcher settings of the same name (when the matcher has them)
-SETTING_FLAGS = ("model_id", "device", "dtype", "batch_size", "seed", "cache_dir", "readout", "checkpoint")
-
-
-class RunError(Exception):
-    """A run cannot proceed; printed as one line."""
-
-
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("corrbench", "numpy", "pyarrow", "pandas", "torch", "diffusers", "transformers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def matcher_source(cls) -> dict:
-    """Where a matcher class comes from: its module and the installed distribution (name, version)
-    that provides it (plugins included)."""
-    from importlib.metadata import packages_distributions
-
-    top = cls.__module__.split(".")[0]
-    dists = sorted(set(packages_distributions().get(top, [])))
-    out = {"module": cls.__module__, "class": cls.__name__, "distribution": dists[0] if dists else None, "version": None}
-    if dists:
-        try:
-            out["version"] = version(dists[0])
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def git_hash() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        if res.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            return res.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return "unknown"
+from .run_settings import (  # noqa: F401
+    SETTING_FLAGS,
+    TTA,
+    RunError,
+    _overrides,
+    _with_checkpoint_model,
+    list_matchers,
+    show_config,
+)
+from .runinfo import git_hash, matcher_source, package_versions  # noqa: F401
+from .sampling import stratified_sample  # noqa: F401
+from .shards import (  # noqa: F401 - part of this module's interface
+    _chunks,
+    file_sha256,
+    pipelined,
+    predict_shards,
+    prefetched,
+    shard_ok,
+    table_hash,
+    write_shard,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,90 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def list_matchers() -> str:
-    """Each matcher with its description and its presets (with what each sets)."""
-    from . import registry
-
-    table = registry.entries()
-    width = max(len(n) for n in table)
-    lines = []
-    for n in table:
-        lines.append(f"{n:<{width}}  {registry.describe(n)}")
-        try:
-            presets = getattr(registry.load_class(n), "presets", {}) or {}
-        except Exception:  # a broken plugin must not break the listing
-            presets = {}
-        for name, values in sorted(presets.items()):
-            sets = ", ".join(f"{k}={v}" for k, v in values.items())
-            lines.append(f"{'':<{width}}    --preset {name}: {sets}")
-    return "\n".join(lines)
-
-
-def show_config(args) -> str:
-    """The resolved settings of ``--matcher`` (after ``--preset``, flags and ``--set``) and what differs
-    from its defaults; nothing is loaded."""
-    from . import registry
-    from .provenance import provenance
-
-    if not args.matcher:
-        raise RunError("--show-config needs --matcher")
-    cls = registry.load_class(args.matcher)
-    overrides = _with_checkpoint_model(args, _overrides(args), cls)
-    matcher = cls.from_settings(args.preset, **overrides)
-    cfg = dataclasses.asdict(matcher.config)
-    prov = provenance(args.matcher, cls, args.preset, matcher.config, "0" * 12)
-    width = max(len(k) for k in cfg) if cfg else 0
-    lines = [f"{args.matcher}: {prov['label']}"] + [f"  {k:<{width}}  {v}" + ("   (changed)" if k in prov["changed"] else "")
-                                                    for k, v in sorted(cfg.items())]
-    return "\n".join(lines)
-
-
-def _with_checkpoint_model(args, overrides: dict, cls) -> dict:
-    """``--checkpoint`` of a training folder or prompt file brings the model ids it was trained with
-    (unless ``--model-id`` / ``--set model_id=`` / ``dino_id=`` say otherwise)."""
-    ckpt = overrides.get("checkpoint")
-    fields = getattr(cls.Config, "__dataclass_fields__", {})
-    if not ckpt or "checkpoint" not in fields:
-        return overrides
-    try:
-        from sd4match.checkpoint import trained_with
-
-        trained = trained_with(ckpt)
-    except ImportError:  # pragma: no cover - sd4match is part of this package
-        return overrides
-    out = dict(overrides)
-    for key in ("model_id", "dino_id"):
-        if key in fields and key not in out and trained.get(key):
-            out[key] = trained[key]
-            from .console import say
-
-            say(f"--checkpoint {ckpt}: using {key} {trained[key]!r}, the one it was trained with")
-    return out
-
-
-#: ``--tta`` words -> the matcher settings they stand for
-TTA = {"flip": ("flip", "adaptive-mnn"), "mnn": ("mnn", "true")}
-
-
-def _overrides(args) -> dict:
-    out = parse_settings({flag: getattr(args, flag) for flag in SETTING_FLAGS}, args.set)
-    if args.tta is not None:
-        words = [w.strip() for w in str(args.tta).split(",") if w.strip()]
-        bad = [w for w in words if w not in (*TTA, "none")]
-        if bad or not words or ("none" in words and len(words) > 1):
-            raise RunError(f"--tta must be 'none' or a comma-separated subset of {', '.join(TTA)}, got {args.tta!r}")
-        for w in words:
-            if w in TTA:
-                key, value = TTA[w]
-                out[key] = value
-    return out
-
-
-def _chunks(n: int, size: int):
-    for start in range(0, n, size):
-        yield start // size, start, min(n, start + size)
-
-
 def dist_env() -> tuple[int, int, int]:
     """(rank, world size, local rank) from torchrun's environment; initialises the process group."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -208,159 +96,6 @@ def dist_env() -> tuple[int, int, int]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def prefetched(matcher, batches):
-    """Yield ``(batch, matcher.prefetch(batch))`` with the next batch read by a background thread,
-    so the accelerator does not wait on image decoding."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not batches:
-        return
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(matcher.prefetch, batches[0])
-        for k, batch in enumerate(batches):
-            data = future.result()
-            if k + 1 < len(batches):
-                future = pool.submit(matcher.prefetch, batches[k + 1])
-            yield batch, data
-
-
-def pipelined(matcher, batches):
-    """Yield ``((item, pairs), predictions)`` for ``(item, pairs)`` in ``batches``, in order: images read one
-    batch ahead in the background (:func:`prefetched`), and each batch submitted to the matcher
-    before the previous one's results are collected, so the device never waits on the host."""
-    pending = None
-    for (item, _pairs), (pairs, data) in zip(batches, prefetched(matcher, [b for _, b in batches])):
-        finish = matcher.submit(pairs, data)
-        if pending is not None:
-            yield pending[0], pending[1]()
-        pending = ((item, pairs), finish)
-    if pending is not None:
-        yield pending[0], pending[1]()
-
-
-def stratified_sample(categories: list[str], n: int, seed: int) -> list[int]:
-    """Row indices of ``n`` pairs drawn without replacement, each category getting its share of the
-    split (largest remainders; every category present at least once when ``n`` allows), seeded;
-    returned in table order."""
-    import numpy as np
-
-    cats = sorted(set(categories))
-    rows = {c: [i for i, x in enumerate(categories) if x == c] for c in cats}
-    n = min(n, len(categories))
-    quota = {c: n * len(rows[c]) / len(categories) for c in cats}
-    take = {c: int(quota[c]) for c in cats}
-    if n >= len(cats):
-        for c in cats:
-            take[c] = max(take[c], 1)
-    for c in sorted(cats, key=lambda c: (-(quota[c] - int(quota[c])), c)):
-        if sum(take.values()) >= n:
-            break
-        if take[c] < len(rows[c]):
-            take[c] += 1
-    while sum(take.values()) > n:  # the at-least-one rule overshot: trim the largest shares
-        c = max(cats, key=lambda c: (take[c], c))
-        take[c] -= 1
-    rng = np.random.default_rng(seed)
-    picked = [i for c in cats for i in rng.choice(rows[c], size=take[c], replace=False).tolist()]
-    return sorted(picked)
-
-
-def table_hash(table: pa.Table) -> str:
-    """Content hash of a slice of the pair table (every column, every value)."""
-    import hashlib
-    import json
-
-    blob = json.dumps(table.to_pylist(), sort_keys=True, default=str, allow_nan=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _checksum_path(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def shard_ok(path: Path, pair_ids: list[str]) -> bool:
-    """A finished shard: present, its bytes match the checksum written beside it, and it holds
-    exactly ``pair_ids``. A damaged shard is removed (with a warning) so that it is recomputed."""
-    import warnings
-
-    if not path.is_file():
-        return False
-    problem = None
-    try:
-        if not _checksum_path(path).is_file():
-            problem = "has no checksum (the run stopped while writing it)"
-        elif _checksum_path(path).read_text().strip() != file_sha256(path):
-            problem = "fails its checksum"
-        else:
-            ids = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()
-            if sorted(set(ids)) != sorted(set(pair_ids)):
-                problem = "holds other pairs"
-    except (OSError, pa.ArrowException, ValueError, UnicodeDecodeError) as exc:
-        problem = f"is unreadable ({type(exc).__name__})"
-    if problem is None:
-        return True
-    warnings.warn(f"{path}: resume shard {problem}; recomputing it", stacklevel=2)
-    for p in (path, _checksum_path(path)):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-    return False
-
-
-def write_shard(table: pa.Table, path: Path) -> None:
-    """Write a shard and then its checksum (a shard without a matching checksum is recomputed)."""
-    from loaders.atomic import write_parquet, write_text
-
-    write_parquet(table, path)
-    write_text(_checksum_path(path), file_sha256(path) + "\n")
-
-
-def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, progress: bool, desc: str) -> None:
-    """Predict the pairs of each (index, start, end) shard in ``todo`` and write each shard atomically.
-
-    The next batch's images are read by a background thread while the current batch runs
-    (``Matcher.prefetch``), and each batch is submitted before the previous one's results are
-    collected (:func:`pipelined`), so the accelerator waits neither on image decoding nor on us.
-    """
-
-    from . import predictions as P
-
-    bar = None
-    if todo and progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(e - s for _, s, e in todo), desc=desc, unit="pair")
-    batches = []
-    for idx, start, end in todo:
-        rows = table.slice(start, end - start).to_pylist()
-        for b in range(0, len(rows), batch):
-            batches.append((idx, [Pair(r, root) for r in rows[b:b + batch]]))
-    parts: dict[int, list] = {}
-    remaining = {idx: sum(1 for i, _ in batches if i == idx) for idx, _, _ in todo}
-    for (idx, pairs), preds in pipelined(matcher, batches):
-        parts.setdefault(idx, []).append((pairs, preds))
-        remaining[idx] -= 1
-        if bar:
-            bar.update(len(pairs))
-        if remaining[idx] == 0:
-            tables = []
-            for readout in matcher.readouts:
-                ids = [p.pair_id for ps, _ in parts[idx] for p in ps]
-                arrs = [a for _, pr in parts[idx] for a in pr[readout]]
-                tables.append(P.make_table(ids, readout, arrs))
-            write_shard(pa.concat_tables(tables), shard_path(idx))
-            del parts[idx]
-    if bar:
-        bar.close()
 
 
 def _lock(out: Path) -> None:
@@ -435,9 +170,7 @@ def run(args) -> Path:
     t_load = time.perf_counter() - t0
     # what can be refused without the model is refused now (a missing class prompt, --tta without a
     # left/right table, a prompt width that does not fit the model's config), before anything is written
-    preflight = getattr(matcher, "preflight", None)
-    if preflight is not None:
-        preflight(args.dataset, sorted(set(table.column("category").to_pylist())))
+    matcher.preflight(args.dataset, sorted(set(table.column("category").to_pylist())))
 
     if out.exists() and not out.is_dir():
         raise RunError(f"{out}: --out is a file, not a folder")

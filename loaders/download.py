@@ -144,7 +144,7 @@ def extract(archive: Path, dest: Path, max_bytes: int) -> None:
 def known_file_checksums(dataset: str) -> dict[str, str]:
     """sha256 of each data file of ``dataset`` recorded in the package (relative to the folder that holds
     its subsets), or {} where none are recorded."""
-    from .verify import known_checksums
+    from .checksums import known_checksums
 
     try:
         return known_checksums(dataset)

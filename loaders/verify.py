@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from . import cub, pfpascal, pfwillow, spair
 from ._common import image_size
 from .api import SPLITS_OF, check_names, load_uncached
+from .checksums import known_checksums  # noqa: F401 - part of this module's interface
 from .errors import DatasetError
 
 OFFICIAL_COUNTS = {
@@ -29,20 +29,6 @@ class Check:
 
     def line(self) -> str:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
-
-
-def known_checksums(dataset: str) -> dict[str, str]:
-    """Relative path -> sha256 for the files of ``dataset`` whose checksum is known."""
-    try:
-        text = resources.files("loaders").joinpath(f"checksums/{dataset}.sha256").read_text()
-    except FileNotFoundError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line.strip():
-            digest, rel = line.split(None, 1)
-            out[rel.strip()] = digest
-    return out
 
 
 def sha256(path: Path) -> str:

@@ -118,7 +118,7 @@ def text_width_of(model_id: str) -> int | None:
     """The text-encoder width of ``model_id`` read from its config alone (no weights loaded): the
     in-code presets, a local folder, or a hub snapshot already in the local cache; None if unknown."""
     if model_id == "tiny":
-        from .tiny import TINY_TEXT_DIM
+        from .backbones.tiny_sd import TINY_TEXT_DIM
 
         return int(TINY_TEXT_DIM)
     if model_id == "random-sd21":

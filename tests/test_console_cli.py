@@ -43,8 +43,8 @@ def test_geoaware_summary_has_only_its_alphas(tmp_path, capsys):
 def test_refusals_come_before_the_model_and_leave_no_folder(tmp_path, capsys, monkeypatch):
     """--tta flip on a dataset without a left/right table, and a class checkpoint without a
     category's prompt, are refused before any model loads, and leave nothing behind."""
-    import sd4match.base as base
-    import sd4match.zeroshot as Z
+    import sd4match.methods.sd_base as base
+    import sd4match.methods.sd_frame as Z
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded")
@@ -60,8 +60,8 @@ def test_refusals_come_before_the_model_and_leave_no_folder(tmp_path, capsys, mo
     assert not out.exists()
     # a class checkpoint whose prompts do not cover the dataset's categories
     from sd4match import checkpoint as ckpt
+    from sd4match.backbones.tiny_sd import TINY_TEXT_DIM
     from sd4match.prompts import build_prompt
-    from sd4match.tiny import TINY_TEXT_DIM
 
     file = tmp_path / "class.safetensors"
     ckpt.save(build_prompt("class", TINY_TEXT_DIM, ["dog"]), file, variant="class", text_width=TINY_TEXT_DIM,

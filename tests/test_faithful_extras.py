@@ -35,7 +35,7 @@ def _old_meaning_context(text_encoder, tokenizer, tokens):
 def test_format1_checkpoint_keeps_its_meaning(tmp_path):
     from safetensors.torch import save_file
 
-    from sd4match.matcher import SingleMatcher
+    from sd4match.methods.sd4match import SingleMatcher
 
     m = SingleMatcher.from_settings("tiny")
     comps = m.sd.c
@@ -81,7 +81,7 @@ def test_format1_training_run_is_not_resumed(tmp_path):
 
 
 def test_untrained_single_prompt_starts_from_text_embeddings():
-    from sd4match.matcher import SingleMatcher
+    from sd4match.methods.sd4match import SingleMatcher
 
     m = SingleMatcher.from_settings("tiny")
     m._setup_prompt()
@@ -96,7 +96,7 @@ def test_untrained_single_prompt_starts_from_text_embeddings():
 
 def test_per_member_posterior_runs_the_vae_once_per_image():
     from benchmarks.dense import ImageInfo
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     m = DiftMatcher.from_settings("tiny", ensemble=4)
     assert m.config.posterior == "per-member"
@@ -117,8 +117,8 @@ def test_per_member_posterior_runs_the_vae_once_per_image():
 
 
 def test_dtype_auto_resolves_to_the_authors_precision():
-    from sd4match.dift import DiftMatcher
-    from sd4match.matcher import CPMMatcher
+    from sd4match.methods.dift import DiftMatcher
+    from sd4match.methods.sd4match import CPMMatcher
 
     assert DiftMatcher.from_settings("tiny").config.dtype == "float32"
     assert CPMMatcher.from_settings("tiny").config.dtype == "float32"  # on the CPU
@@ -182,7 +182,7 @@ def test_precision_travels_with_results(tmp_path):
 
 
 def test_precision_cli_prints_deviation(capsys):
-    from benchmarks.precision import main
+    from sd4match.tools.precision import main
 
     assert main(["--model-id", "tiny", "--image-size", "64"]) == 0
     out = capsys.readouterr().out
@@ -204,7 +204,7 @@ def test_cpu_flop_count_includes_attention():
     with flop_counter() as fc:
         F.scaled_dot_product_attention(q, q, q)
     assert fc.get_total_flops() == 2 * (2 * 2 * 4 * 64 * 64 * 16)  # QK^T and PV
-    from sd4match.models import load_components
+    from sd4match.backbones.sd_models import load_components
 
     unet = load_components("tiny").unet
     args = (torch.randn(1, 4, 32, 32), torch.tensor([10]), torch.randn(1, 77, 16))
@@ -220,7 +220,7 @@ def test_image_key_is_pixel_content(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))

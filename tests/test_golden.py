@@ -74,7 +74,7 @@ def u8_to_unit(pixels_u8: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- DIFT
 @pytest.fixture(scope="module")
 def dift():
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     stack = golden("sd-stack")
     m = DiftMatcher.from_settings(None, model_id=str(stack), image_size=256, ensemble=8, batch_size=2)
@@ -83,7 +83,7 @@ def dift():
 
 
 def test_dift_settings_are_difts():
-    from sd4match.dift import DiftConfig
+    from sd4match.methods.dift import DiftConfig
 
     cfg = DiftConfig(model_id="x")
     assert (cfg.t, cfg.up_block, cfg.ensemble, cfg.resize, cfg.posterior) == (261, 1, 8, "bicubic", "per-member")
@@ -114,7 +114,7 @@ def test_dift_posterior(dift):
 @pytest.mark.parametrize("fixture, ensemble", [("Cars_006a_e8", 8), ("Cars_007a_e8", 8), ("Cars_006a_e1", 1)])
 def test_dift_features_with_recorded_draws(fixture, ensemble):
     """One VAE posterior sample per member (vae_eps [E, 4, 32, 32]) and the ensemble noise."""
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     g = load_file(str(golden("dift", f"{fixture}.safetensors")))
     name = fixture.split("_e")[0]
@@ -190,7 +190,7 @@ def test_convert_single_and_class_keep_the_authors_rows(tmp_path):
 def test_single_initialisation_is_the_authors():
     """The authors' file was initialised as token embedding of its random ids + position 1..75 (and
     saved before any training step), so our initialiser with those ids reproduces its rows."""
-    from sd4match.models import load_components
+    from sd4match.backbones.sd_models import load_components
     from sd4match.prompts import text_init
 
     info = json.loads(golden("sd4match", "sd4match.json").read_text())["single_prompt"]
@@ -216,7 +216,7 @@ def _pair_inputs():
 
 
 def test_sd4match_resize_equals_the_pair_dataset(tmp_path):
-    from sd4match.matcher import SingleMatcher
+    from sd4match.methods.sd4match import SingleMatcher
 
     g = load_file(str(golden("sd4match", "inputs.safetensors")))
     m = SingleMatcher.from_settings(None, model_id="tiny", image_size=256)
@@ -226,7 +226,7 @@ def test_sd4match_resize_equals_the_pair_dataset(tmp_path):
 
 
 def test_single_context_and_features(tmp_path):
-    from sd4match.matcher import SingleMatcher
+    from sd4match.methods.sd4match import SingleMatcher
 
     want = load_file(str(golden("sd4match", "single.safetensors")))
     ck = _convert(tmp_path, "single", "Single_spair_sd2-1_TokenEmbeds75", "caption.pt")
@@ -245,7 +245,7 @@ def test_single_context_and_features(tmp_path):
 
 def test_cpm_tokens_context_and_features(tmp_path):
     from benchmarks.matchers.base import Pair
-    from sd4match.matcher import CPMMatcher
+    from sd4match.methods.sd4match import CPMMatcher
 
     want = load_file(str(golden("sd4match", "cpm.safetensors")))
     dino = load_file(str(golden("sd4match", "dino.safetensors")))
@@ -345,7 +345,7 @@ def test_geoaware_source_patch_is_the_one_containing_the_keypoint():
 # ----------------------------------------------------------------------------------------------- loss
 @pytest.mark.parametrize("case", ["interior", "border"])
 def test_loss_and_gradients(case):
-    from sd4match.loss import gaussian_ce_loss
+    from sd4match.training.loss import gaussian_ce_loss
 
     f = load_file(str(golden("loss", "featmaps.safetensors")))
     c = load_file(str(golden("loss", f"{case}.safetensors")))
@@ -362,7 +362,7 @@ def test_loss_and_gradients(case):
 
 
 def test_loss_kernel_sum():
-    from sd4match.loss import gaussian_window
+    from sd4match.training.loss import gaussian_window
 
     _, w = gaussian_window(7, 1.5)
     want = json.loads(golden("loss", "loss.json").read_text())["kernel_sum"]
@@ -375,7 +375,7 @@ def test_dinov2_preprocessing_equals_hugging_face():
     import transformers
     from PIL import Image
 
-    from sd4match.dino import DinoSpec, preprocess
+    from sd4match.backbones.dino import DinoSpec, preprocess
 
     from .conftest import shared
 

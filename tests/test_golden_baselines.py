@@ -113,14 +113,14 @@ def replay_pca(draws: dict, monkeypatch):
 
 
 def _to_840(pred: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    from sd4match.zeroshot import to_frame
+    from sd4match.methods.frame_geometry import to_frame
 
     return to_frame(pred, *size, 840)
 
 
 # ----------------------------------------------------------------------------------------------- frames
 def test_canvases_are_the_authors(inputs, images):
-    from sd4match.zeroshot import square_canvas
+    from sd4match.methods.frame_geometry import square_canvas
 
     for side in ("src", "trg"):
         for S in (840, 960):
@@ -153,7 +153,7 @@ def test_dinov2_predictions(inputs, draws, pair):
 
 def test_sd4match_dino_branch_at_224(images):
     """CPM's DINOv2 tokens: preprocessing and ``last_hidden_state`` as transformers 4.36 computed them."""
-    from sd4match.dino import DinoSpec, load_dino, preprocess
+    from sd4match.backbones.dino import DinoSpec, load_dino, preprocess
 
     ref = load_file(str(golden("sd4match-dino", "dino224.safetensors")))
     weights = str(golden("baselines", "dinov2"))
@@ -201,7 +201,8 @@ def _layers(m, images, side):
 
 
 def test_window_latents(sd_dino, images):
-    from sd4match.zeroshot import square_canvas, window_offsets
+    from sd4match.methods.frame_geometry import square_canvas
+    from sd4match.methods.sd_frame import window_offsets
 
     ref = load_file(str(golden("baselines", "sd_dino.safetensors")))
     cfg = sd_dino.config
@@ -241,7 +242,7 @@ def test_geoaware_freeu_rule_is_told_apart(inputs, draws, images):
 
 
 def test_sd_dino_joint_pca_and_predictions(sd_dino, images, pair, draws, inputs, monkeypatch):
-    from sd4match.zeroshot import co_pca
+    from sd4match.methods.sd_dino import co_pca
 
     ref = load_file(str(golden("baselines", "sd_dino.safetensors")))
     dims = [int(d) for d in inputs["pca_dims"]]
@@ -283,7 +284,8 @@ def sd_dino_cap(inputs, draws, cap_settings):
 
 
 def _windows(m, x):
-    from sd4match.zeroshot import square_canvas, window_offsets
+    from sd4match.methods.frame_geometry import square_canvas
+    from sd4match.methods.sd_frame import window_offsets
 
     cfg = m.config
     offs = window_offsets(cfg.sd_size, cfg.window)
@@ -342,7 +344,7 @@ def test_captioner_checkpoint_errors(tmp_path, cap_settings):
     from safetensors.torch import save_file
 
     from benchmarks.matchers.base import MatcherError
-    from sd4match.captioner import load_captioner, read_captioner
+    from sd4match.backbones.captioner import load_captioner, read_captioner
 
     tensors = read_captioner(cap_settings["captioner_ckpt"])
     assert len(tensors) == 8

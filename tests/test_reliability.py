@@ -330,7 +330,7 @@ def test_feature_cache_bit_flip_is_recomputed(tmp_path):
     import torch
 
     from benchmarks.dense import ImageInfo
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     cache = tmp_path / "cache"
     img = [torch.rand(3, 64, 64)]
@@ -356,7 +356,7 @@ def test_unwritable_cache_dir_falls_back_with_a_warning(tmp_path):
     import torch
 
     from benchmarks.dense import ImageInfo
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -373,7 +373,7 @@ def test_resaved_model_folder_changes_the_cache_key(tmp_path):
     from safetensors.torch import load_file, save_file
 
     from benchmarks.dense import ImageInfo
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     from .test_golden import golden
 
@@ -400,7 +400,7 @@ def test_resaved_model_folder_changes_the_cache_key(tmp_path):
 
 
 def test_random_preset_posterior_cache_is_keyed_by_seed(tmp_path):
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     a = DiftMatcher.from_settings("tiny", cache_dir=str(tmp_path), seed=0)
     b = DiftMatcher.from_settings("tiny", cache_dir=str(tmp_path), seed=1)
@@ -655,7 +655,7 @@ def test_convert_refuses_empty_and_mixed_width_files(tmp_path, capsys):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
 def test_matcher_refuses_a_fifo_image(tmp_path):
     from benchmarks.matchers.base import MatcherError
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     os.mkfifo(tmp_path / "img.png")
     with pytest.raises(MatcherError, match="not a regular file"):

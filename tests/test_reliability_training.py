@@ -148,7 +148,7 @@ def test_nonsense_training_settings(willow, tmp_path, capsys, setting, match):
 ])
 def test_nonsense_matcher_settings(setting, match):
     from benchmarks.matchers.base import ConfigError, parse_settings
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     with pytest.raises(ConfigError, match=match):
         DiftMatcher.from_settings("tiny", **parse_settings({}, [setting]))

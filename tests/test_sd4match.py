@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from benchmarks.matchers.base import MatcherError, Pair
 from sd4match import checkpoint as ckpt
 from sd4match.convert import main as convert_cli
-from sd4match.loss import gaussian_ce_loss
 from sd4match.prompts import (
     CPM,
     ClassPrompt,
@@ -24,6 +23,7 @@ from sd4match.prompts import (
 )
 from sd4match.train import TrainConfig, Trainer
 from sd4match.train import main as train_cli
+from sd4match.training.loss import gaussian_ce_loss
 
 from .conftest import shared
 
@@ -43,7 +43,7 @@ def test_dry_run_prints_counts(capsys):
 
 
 def test_prompt_encoder_shapes_and_bos_eos():
-    from sd4match.models import load_components
+    from sd4match.backbones.sd_models import load_components
 
     c = load_components("tiny")
     enc = PromptEncoder(c.text_encoder, c.tokenizer)
@@ -169,7 +169,7 @@ def test_short_run_lowers_loss_and_checkpoint_reloads(tmp_path):
     assert not (out / "best.safetensors").exists()  # PF-Willow has no validation split: nothing is called best
     # reload: two matchers from the checkpoint agree bit for bit, and with the trained module
     import loaders
-    from sd4match.matcher import SingleMatcher
+    from sd4match.methods.sd4match import SingleMatcher
 
     table = loaders.load("pf-willow", root, "test").slice(0, 3)
     pairs = [Pair(r, root) for r in table.to_pylist()]
@@ -246,7 +246,7 @@ def test_checkpoint_errors(tmp_path):
 def test_category_without_class_prompt(tmp_path):
     root = shared("PF-WILLOW")
     import loaders
-    from sd4match.matcher import ClassMatcher
+    from sd4match.methods.sd4match import ClassMatcher
 
     p = _save(tmp_path, "class", cats=("car", "motorbike", "bottle"))  # no 'bird' for duck
     table = loaders.load("pf-willow", root, "test")

@@ -9,9 +9,9 @@ import torch
 from benchmarks.matchers.base import ConfigError, MatcherError
 from benchmarks.run import main as run_cli
 from loaders.testing import write_pfwillow_root
-from sd4match.features import SDFeaturizer
-from sd4match.models import SD21_HUB_ID, how_to, load_components
-from sd4match.tiny import tiny_tokenizer
+from sd4match.backbones.sd import SDFeaturizer
+from sd4match.backbones.sd_models import SD21_HUB_ID, how_to, load_components
+from sd4match.backbones.tiny_sd import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_unreachable_hub_fails_fast(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    from sd4match.models import _probe_hub
+    from sd4match.backbones.sd_models import _probe_hub
 
     with pytest.raises(MatcherError, match="cannot reach .* for 'org/model' .*Name or service not known.*--model-id"):
         _probe_hub("org/model")
@@ -190,7 +190,7 @@ def test_cache_resume_and_identical_predictions(tmp_path):
 
 
 def test_bad_settings():
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     with pytest.raises(ConfigError, match="ensemble >= 1.*ensemble=0"):
         DiftMatcher.from_settings("tiny", ensemble=0)
@@ -227,7 +227,7 @@ def test_compiled_unet_blocks_match_eager():
 
 def test_attention_backend_setting(comps):
     """``--set attention=...`` forces one SDPA backend; ``auto`` leaves the choice to PyTorch."""
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     torch.manual_seed(0)
     noisy, t = torch.randn(2, 4, 32, 32), torch.tensor([261, 261])
@@ -254,13 +254,13 @@ def test_gpu_check_without_gpu_is_one_line():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible: gpu_check would run")
-    res = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and res.stderr.strip().startswith("error: benchmarks.gpu_check needs a CUDA GPU")
+    res = subprocess.run([sys.executable, "-m", "sd4match.tools.gpu_check"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and res.stderr.strip().startswith("error: sd4match.tools.gpu_check needs a CUDA GPU")
     assert res.stderr.strip().count("\n") == 0
 
 
 def test_model_loading_is_announced(capsys):
-    from sd4match.dift import DiftMatcher
+    from sd4match.methods.dift import DiftMatcher
 
     m = DiftMatcher.from_settings("tiny")
     m.sd  # noqa: B018 - loads the model

@@ -4,6 +4,8 @@ GeoAware head file."""
 
 from __future__ import annotations
 
+import types
+
 import numpy as np
 import pytest
 import scipy.io
@@ -13,10 +15,15 @@ from PIL import Image
 
 from benchmarks import registry
 from benchmarks.matchers.base import MatcherError, Pair
-from sd4match import zeroshot as Z
+from sd4match.methods import frame as FRAME
+from sd4match.methods import frame_geometry, geoaware_head, sd_dino, sd_frame
 
 from .conftest import shared
 from .transforms import known_transform_pairs
+
+#: the padded-frame family's public names, from the files that define them
+Z = types.SimpleNamespace(**{k: v for m in (frame_geometry, FRAME, sd_frame, sd_dino, geoaware_head)
+                             for k, v in vars(m).items() if not k.startswith("__")})
 
 
 # ----------------------------------------------------------------------------------------------- frame
@@ -121,8 +128,8 @@ class _FakeSD:
 
 
 def _stand_ins(monkeypatch, matcher):
-    monkeypatch.setattr(Z, "block_tokens", _fake_tokens)
-    monkeypatch.setattr(Z, "load_dino", lambda model_id, seed=0, positions="hub": (_Dino(), None))
+    monkeypatch.setattr(FRAME, "block_tokens", _fake_tokens)
+    monkeypatch.setattr(FRAME, "load_dino", lambda model_id, seed=0, positions="hub": (_Dino(), None))
     if isinstance(matcher, Z.SDFrameMatcher):
         matcher._sd = _FakeSD()
     return matcher
@@ -279,7 +286,7 @@ def test_dino_block_tokens_layer_norm_and_registers():
         Dinov2WithRegistersModel,
     )
 
-    from sd4match.dino import block_tokens
+    from sd4match.backbones.dino import block_tokens
 
     torch.manual_seed(0)
     m = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=56,

@@ -54,7 +54,9 @@ def test_cached_vs_uncached(benchmark, root, tmp_path):
 
 
 def test_batched_vs_one_at_a_time(benchmark, root):
-    from sd4match.dift import DiftMatcher
+    from benchmarks import registry
+
+    DiftMatcher = registry.load_class("dift")
 
     table = loaders.load("spair-71k", root, "test", use_cache=False)
     pairs = [Pair(r, root) for r in table.to_pylist()]

@@ -183,6 +183,17 @@ class Matcher:
         preds = self.predict_prefetched(pairs, data)
         return lambda: preds
 
+    @classmethod
+    def settings_from_checkpoint(cls, path: str) -> dict[str, str]:
+        """Settings a checkpoint file brings with it (e.g. the model id it was trained with); ``--checkpoint``
+        applies them unless the command line sets them. Default: none."""
+        return {}
+
+    def preflight(self, dataset: str, categories: list[str]) -> None:
+        """Refuse, before any model loads, what the settings already rule out for this dataset and
+        these categories (a one-line MatcherError). Default: nothing to check."""
+        return None
+
     def describe(self) -> dict:
         """Extra facts for run.json (device, dtype, model id ...)."""
         return {}

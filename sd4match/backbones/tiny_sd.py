@@ -62,7 +62,7 @@ def tiny_components(seed: int = 0):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .models import SDComponents
+    from .components import SDComponents
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)

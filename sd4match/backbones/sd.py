@@ -26,7 +26,7 @@ import hashlib
 
 import torch
 
-from .models import SDComponents
+from .components import SDComponents
 
 
 class _Stop(Exception):

@@ -126,7 +126,7 @@ def _load_dino(model_id: str, seed: int = 0):
         try:
             model = Dinov2Model.from_pretrained(model_id, local_files_only=True)
         except Exception:
-            from .models import _probe_hub
+            from .sd_models import _probe_hub
 
             if not path.is_dir():
                 _probe_hub(model_id)

@@ -89,7 +89,7 @@ def load_clip(clip_id: str):
         except Exception:
             if path.is_dir():
                 raise
-            from .models import _probe_hub
+            from .sd_models import _probe_hub
 
             _probe_hub(clip_id)
             return CLIPVisionModelWithProjection.from_pretrained(clip_id).eval().requires_grad_(False)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from benchmarks.matchers.base import MatcherError
+
+from .components import SDComponents  # noqa: F401 - part of this module's interface
 
 #: historical hub id of SD-2.1 (taken down from the Hub; a mirror or local copy is needed)
 SD21_HUB_ID = "stabilityai/stable-diffusion-2-1"
@@ -30,16 +30,6 @@ def how_to(model_id: str) -> str:
 
 def default_model_id() -> str:
     return os.environ.get(MODEL_ENV) or SD21_HUB_ID
-
-
-@dataclass
-class SDComponents:
-    vae: Any
-    unet: Any
-    text_encoder: Any
-    tokenizer: Any
-    scheduler: Any
-    model_id: str
 
 
 def _check_local(folder: Path) -> None:
@@ -93,7 +83,7 @@ def load_components(model_id: str, seed: int = 0) -> SDComponents:
     only if not cached; timeouts keep an unreachable hub from hanging).
     """
     if model_id == "tiny":
-        from .tiny import tiny_components
+        from .tiny_sd import tiny_components
 
         return tiny_components(seed)
     if model_id == "random-sd21":
@@ -146,7 +136,7 @@ def random_sd21(seed: int = 0) -> SDComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tiny import tiny_tokenizer
+    from .tiny_sd import tiny_tokenizer
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)
@@ -181,7 +171,7 @@ def random_sd15(seed: int = 0) -> SDComponents:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from .tiny import tiny_tokenizer
+    from .tiny_sd import tiny_tokenizer
 
     tok = tiny_tokenizer()
     torch.manual_seed(seed)

@@ -3,10 +3,7 @@ posterior cached per image (memory and disk), and ensemble features from a conte
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
@@ -14,8 +11,9 @@ from benchmarks.console import say
 from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
 from benchmarks.matchers.base import ConfigError
 
-from .features import ATTENTION, POSTERIOR, SDFeaturizer
-from .models import default_model_id, load_components
+from ..backbones.sd import ATTENTION, POSTERIOR, SDFeaturizer
+from ..backbones.sd_models import default_model_id, load_components
+from .store import ImageStore
 
 
 @dataclass(frozen=True)
@@ -48,51 +46,6 @@ class SDConfig(DenseConfig):
 
 #: the parts of a diffusers Stable Diffusion folder whose files the features depend on
 SD_FOLDERS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
-
-
-class ImageStore:
-    """Per-image tensors computed once: kept in memory and, with a cache folder, on disk under
-    ``cache_dir/<kind>/<hash of the settings that change them>/<image key>.pt``."""
-
-    def __init__(self, cache_dir: str, kind: str, settings: list, device, limit: int | None = None,
-                 one_at_a_time: bool = False):
-        blob = json.dumps(settings)
-        self.dir = Path(cache_dir) / kind / hashlib.sha256(blob.encode()).hexdigest()[:12] if cache_dir else None
-        self.device = device
-        self.limit = limit
-        #: compute missing values one image per call (batch-invariant results; see DenseConfig)
-        self.one_at_a_time = one_at_a_time
-        self.mem: dict[str, object] = {}
-
-    def get(self, infos: list[ImageInfo], compute) -> list:
-        """Values for ``infos``; ``compute(positions)`` returns the values of the positions missing."""
-        from benchmarks import cachefile
-
-        missing, seen = [], set()
-        for i, info in enumerate(infos):
-            if info.key in self.mem or info.key in seen:
-                continue
-            if self.dir is not None:
-                value = cachefile.load(self.dir / f"{info.key[:32]}.pt", self.device)  # damaged: recomputed
-                if value is not None:
-                    self.mem[info.key] = value
-                    continue
-            seen.add(info.key)
-            missing.append(i)
-        if missing:
-            values = [v for i in missing for v in compute([i])] if self.one_at_a_time else compute(missing)
-            for i, value in zip(missing, values):
-                self.mem[infos[i].key] = value
-                if self.dir is not None and not cachefile.save(self.dir / f"{infos[i].key[:32]}.pt", value):
-                    self.dir = None  # read-only or full: memory only from here on
-        values = [self.mem[i.key] for i in infos]
-        if self.limit is not None and len(self.mem) > 2 * self.limit:
-            for k in list(self.mem)[: len(self.mem) - self.limit]:
-                del self.mem[k]
-        return values
-
-    def clear(self) -> None:
-        self.mem.clear()
 
 
 class SDMatcherBase(DenseMatcher):

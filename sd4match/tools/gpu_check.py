@@ -1,7 +1,7 @@
 """GPU check: DIFT and SD4Match-CPM with the real SD-2.1 / DINOv2-base architectures (random
 weights) on one CUDA device, in under 5 minutes (about 3 on an H200).
 
-    python -m benchmarks.gpu_check [--images 64] [--batch 16] [--dtype auto|bfloat16|...] [--pairs 96]
+    python -m sd4match.tools.gpu_check [--images 64] [--batch 16] [--dtype auto|bfloat16|...] [--pairs 96]
         [--attention auto,flash,cudnn,efficient] [--no-compile] [--cpm-only]
 
 Prints: FLOPs per image (counted with torch.utils.flop_counter), DIFT feature images/s at
@@ -39,13 +39,14 @@ def main() -> None:
                    help="only time the truncated UNet eager against torch.compile'd blocks, then exit")
     args = p.parse_args()
     from benchmarks.dense import resolve_dtype
-    from sd4match.features import ATTENTION, SDFeaturizer
-    from sd4match.models import random_sd21
+
+    from ..backbones.sd import ATTENTION, SDFeaturizer
+    from ..backbones.sd_models import random_sd21
 
     if not torch.cuda.is_available():
         import sys
 
-        print(f"error: benchmarks.gpu_check needs a CUDA GPU, and none is visible here (torch {torch.__version__}); "
+        print(f"error: sd4match.tools.gpu_check needs a CUDA GPU, and none is visible here (torch {torch.__version__}); "
               "on a CPU use python -m benchmarks.profile", file=sys.stderr)
         raise SystemExit(2)
     backends = [b.strip() for b in args.attention.split(",") if b.strip()]
@@ -63,7 +64,7 @@ def main() -> None:
     sd = SDFeaturizer(comps, up_block=1, device=dev, dtype=dtype)
     print(f"built SD-2.1 architecture in {time.perf_counter() - t0:.1f} s")
 
-    from .flops import flop_counter
+    from benchmarks.flops import flop_counter
 
     if args.compare_compile:
         compare_compile(sd, comps, dev, dtype, args.batch * args.ensemble)
@@ -171,7 +172,7 @@ def unet_rate(sd, noisy, tt, cc, flops_per_latent: float, reps: int = 5) -> floa
 
 
 def compare_compile(sd, comps, dev, dtype, n: int) -> None:
-    from .flops import flop_counter
+    from benchmarks.flops import flop_counter
 
     noisy = torch.randn(n, 4, 96, 96, device=dev, dtype=dtype)
     tt = torch.full((n,), 261, device=dev)

@@ -17,10 +17,18 @@ import torch
 from benchmarks.console import say
 from benchmarks.matchers.base import ConfigError, MatcherError
 
-from . import checkpoint as ckpt
-from .base import ImageStore, SDConfig, SDMatcherBase
-from .dino import POSITION_RULES, default_dino_id, dims, load_dino, patch_tokens, preprocess
-from .prompts import PROMPT_FORMAT, PromptEncoder, build_prompt
+from .. import checkpoint as ckpt
+from ..backbones.dino import (
+    POSITION_RULES,
+    default_dino_id,
+    dims,
+    load_dino,
+    patch_tokens,
+    preprocess,
+)
+from ..prompts import PROMPT_FORMAT, PromptEncoder, build_prompt
+from .sd_base import SDConfig, SDMatcherBase
+from .store import ImageStore
 
 #: categories a class prompt may be asked for when no checkpoint fixes them (untrained runs)
 KNOWN_CATEGORIES = sorted({
@@ -116,6 +124,11 @@ class SD4MatchMatcher(SDMatcherBase):
             model, spec = load_dino(self.config.dino_id, self.config.seed, self.config.dino_pos)
             self._dino = (model.to(self.device), spec)
         return self._dino
+
+    @classmethod
+    def settings_from_checkpoint(cls, path: str) -> dict[str, str]:
+        """The model ids a training checkpoint was made with (``--checkpoint`` brings them along)."""
+        return ckpt.trained_with(path)
 
     def preflight(self, dataset: str, categories: list[str]) -> None:
         """Refuse, before any model loads, what the checkpoint's metadata already rules out: another

@@ -1,6 +1,6 @@
 """How far each precision moves Stable Diffusion features from float32.
 
-    python -m benchmarks.precision --model-id ../shared/golden/sd-stack --image-size 256 \\
+    python -m sd4match.tools.precision --model-id ../shared/golden/sd-stack --image-size 256 \\
         [--images A.png B.png ...] [--dtypes float16,bfloat16] [--device cpu|cuda]
 
 Precisions: ``float16`` / ``bfloat16`` cast the weights; ``*-autocast`` keep them in float32 and
@@ -44,8 +44,9 @@ def deviation(model_id: str, size: int, dtypes: list[str], device: str, paths: l
     import torch
 
     from benchmarks.dense import resolve_autocast, resolve_dtype
-    from sd4match.features import SDFeaturizer
-    from sd4match.models import load_components
+
+    from ..backbones.sd import SDFeaturizer
+    from ..backbones.sd_models import load_components
 
     images = _images(paths, size) * 2 - 1
     keys = [f"image-{i}" for i in range(len(images))]
@@ -69,7 +70,7 @@ def deviation(model_id: str, size: int, dtypes: list[str], device: str, paths: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.precision", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sd4match.tools.precision", description=__doc__.splitlines()[0])
     p.add_argument("--model-id", default="tiny")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--dtypes", default="float16,float16-autocast,bfloat16,bfloat16-autocast")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import SDConfig, SDMatcherBase
+from .sd_base import SDConfig, SDMatcherBase
 
 
 @dataclass(frozen=True)

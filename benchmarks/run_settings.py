@@ -1,0 +1,89 @@
+"""A run's settings from the command line: flags and ``--set`` to matcher settings, ``--tta``,
+``--checkpoint`` bringing its model ids, ``--list-matchers`` and ``--show-config``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .matchers.base import parse_settings
+
+#: CLI flags that map onto matcher settings of the same name (when the matcher has them)
+SETTING_FLAGS = ("model_id", "device", "dtype", "batch_size", "seed", "cache_dir", "readout", "checkpoint")
+
+
+class RunError(Exception):
+    """A run cannot proceed; printed as one line."""
+
+
+def list_matchers() -> str:
+    """Each matcher with its description and its presets (with what each sets)."""
+    from . import registry
+
+    table = registry.entries()
+    width = max(len(n) for n in table)
+    lines = []
+    for n in table:
+        lines.append(f"{n:<{width}}  {registry.describe(n)}")
+        try:
+            presets = getattr(registry.load_class(n), "presets", {}) or {}
+        except Exception:  # a broken plugin must not break the listing
+            presets = {}
+        for name, values in sorted(presets.items()):
+            sets = ", ".join(f"{k}={v}" for k, v in values.items())
+            lines.append(f"{'':<{width}}    --preset {name}: {sets}")
+    return "\n".join(lines)
+
+
+def show_config(args) -> str:
+    """The resolved settings of ``--matcher`` (after ``--preset``, flags and ``--set``) and what differs
+    from its defaults; nothing is loaded."""
+    from . import registry
+    from .provenance import provenance
+
+    if not args.matcher:
+        raise RunError("--show-config needs --matcher")
+    cls = registry.load_class(args.matcher)
+    overrides = _with_checkpoint_model(args, _overrides(args), cls)
+    matcher = cls.from_settings(args.preset, **overrides)
+    cfg = dataclasses.asdict(matcher.config)
+    prov = provenance(args.matcher, cls, args.preset, matcher.config, "0" * 12)
+    width = max(len(k) for k in cfg) if cfg else 0
+    lines = [f"{args.matcher}: {prov['label']}"] + [f"  {k:<{width}}  {v}" + ("   (changed)" if k in prov["changed"] else "")
+                                                    for k, v in sorted(cfg.items())]
+    return "\n".join(lines)
+
+
+def _with_checkpoint_model(args, overrides: dict, cls) -> dict:
+    """``--checkpoint`` of a training folder or prompt file brings the model ids it was trained with
+    (unless ``--model-id`` / ``--set model_id=`` / ``dino_id=`` say otherwise)."""
+    ckpt = overrides.get("checkpoint")
+    fields = getattr(cls.Config, "__dataclass_fields__", {})
+    if not ckpt or "checkpoint" not in fields:
+        return overrides
+    trained = cls.settings_from_checkpoint(ckpt)  # the matcher knows its checkpoint format
+    out = dict(overrides)
+    for key in ("model_id", "dino_id"):
+        if key in fields and key not in out and trained.get(key):
+            out[key] = trained[key]
+            from .console import say
+
+            say(f"--checkpoint {ckpt}: using {key} {trained[key]!r}, the one it was trained with")
+    return out
+
+
+#: ``--tta`` words -> the matcher settings they stand for
+TTA = {"flip": ("flip", "adaptive-mnn"), "mnn": ("mnn", "true")}
+
+
+def _overrides(args) -> dict:
+    out = parse_settings({flag: getattr(args, flag) for flag in SETTING_FLAGS}, args.set)
+    if args.tta is not None:
+        words = [w.strip() for w in str(args.tta).split(",") if w.strip()]
+        bad = [w for w in words if w not in (*TTA, "none")]
+        if bad or not words or ("none" in words and len(words) > 1):
+            raise RunError(f"--tta must be 'none' or a comma-separated subset of {', '.join(TTA)}, got {args.tta!r}")
+        for w in words:
+            if w in TTA:
+                key, value = TTA[w]
+                out[key] = value
+    return out

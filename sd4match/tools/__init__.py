@@ -1,0 +1,1 @@
+"""Measurement tools for the Stable Diffusion path: precision deviations and the GPU check."""

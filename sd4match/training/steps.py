@@ -1,0 +1,156 @@
+"""Checkpoint steps of a training run: written atomically, committed by a pointer switch, resumed exactly."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+from pathlib import Path
+
+from ..prompts import PROMPT_FORMAT
+from .config import CHECKPOINTS, POINTER, TrainError
+
+
+class CheckpointSteps:
+    """Saving and resuming checkpoint steps (mixed into :class:`~sd4match.training.trainer.Trainer`)."""
+
+    def save(self, with_best: bool = False) -> None:
+        """One atomic checkpoint step.
+
+        Everything of the step (``last.safetensors``, ``best.safetensors``, the optimiser ``state.pt``,
+        ``train_log.csv``) is written into a fresh folder, the folder is renamed to
+        ``checkpoints/step-NNNNNNNN``, and only then is the pointer file ``checkpoint`` switched to it
+        (an atomic rename). Whatever the crash point, the pointer names a complete step, so
+        ``--resume`` ends with the parameters of an uninterrupted run. The top-level ``last`` /
+        ``best`` / ``train_log.csv`` are copies of the pointed step, refreshed on resume.
+        """
+        import shutil
+        import tempfile
+
+        from .. import checkpoint as ckpt
+
+        if self.rank != 0:
+            return
+        meta = {"variant": self.cfg.variant, "text_width": self.width, "categories": self.categories if self.cfg.variant == "class" else [],
+                "dino_dim": self.dino_dim if self.cfg.variant == "cpm" else 0,
+                "n_patches": self.n_patches if self.cfg.variant == "cpm" else 0, "step": self.step,
+                "config": dataclasses.asdict(self.cfg)}
+        root = self.out / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step-{self.step:08d}"
+        previous = self.current_step_dir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+        try:
+            self._write_step(tmp, ckpt, meta, with_best, previous)
+            final = root / name
+            if final.exists():  # a step written before a crash, never pointed at
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._point_to(final)
+
+    def _write_step(self, tmp: Path, ckpt, meta: dict, with_best: bool, previous) -> None:
+        """The files of one checkpoint step; a write that fails (a full disk) is one TrainError line."""
+        import shutil
+
+        try:
+            ckpt.save(self.prompt, tmp / ckpt.LAST, **meta)
+            if with_best:
+                ckpt.save(self.prompt, tmp / ckpt.BEST, **meta)
+            elif previous is not None and (previous / ckpt.BEST).is_file():
+                shutil.copyfile(previous / ckpt.BEST, tmp / ckpt.BEST)
+            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best}, tmp / "state.pt")
+            (tmp / "train_log.csv").write_text(self._log_text())
+        except OSError:
+            raise
+        except Exception as exc:  # torch.save / safetensors report a full disk as their own errors
+            raise OSError(f"cannot write the checkpoint step ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+
+    def _point_to(self, final: Path) -> None:
+        """Commit a written step: switch the pointer to it, refresh the top-level copies, drop older steps."""
+        import shutil
+
+        from loaders.atomic import write_text
+
+        write_text(self.out / POINTER, final.name + "\n")  # the commit
+        self.publish(final)
+        for d in final.parent.iterdir():  # older steps and leftovers of interrupted ones
+            if d.name != final.name:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _log_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "val_pck"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(self.log)
+        return buf.getvalue()
+
+    def current_step_dir(self) -> Path | None:
+        """The step folder the pointer names, or None (no checkpoint yet)."""
+        pointer = self.out / POINTER
+        if not pointer.is_file():
+            return None
+        name = pointer.read_text(errors="replace").strip()
+        if not re.fullmatch(r"step-\d{8}", name) or not (self.out / CHECKPOINTS / name).is_dir():
+            raise TrainError(f"{pointer}: names {name[:40]!r}, not a checkpoint folder of {self.out / CHECKPOINTS}")
+        return self.out / CHECKPOINTS / name
+
+    def publish(self, step_dir: Path) -> None:
+        """Copy the step's prompts and log to the top of ``--out`` (each copy atomic)."""
+        import shutil
+
+        from loaders.atomic import atomic_path
+
+        from .. import checkpoint as ckpt
+
+        for name in (ckpt.LAST, ckpt.BEST, "train_log.csv"):
+            if (step_dir / name).is_file():
+                with atomic_path(self.out / name, suffix=Path(name).suffix) as tmp:
+                    shutil.copyfile(step_dir / name, tmp)
+
+    def resume(self) -> None:
+        from .. import checkpoint as ckpt
+
+        step_dir = self.current_step_dir()
+        if step_dir is None and (self.out / "state.pt").is_file() and (self.out / ckpt.LAST).is_file():
+            step_dir = self.out  # a run written before checkpoint steps existed
+        if step_dir is None:
+            raise TrainError(f"{self.out}: nothing to resume (no {POINTER} file naming a checkpoint step)")
+        try:
+            saved = json.loads((self.out / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainError(f"{self.out / 'config.json'}: unreadable ({type(exc).__name__}: {str(exc)[:100]})") from None
+        if not isinstance(saved, dict):
+            raise TrainError(f"{self.out / 'config.json'}: expected a JSON object, got {type(saved).__name__}")
+        mine = dataclasses.asdict(self.cfg)
+        differ = [k for k in mine if k not in ("max_steps", "epochs", "device") and saved.get(k) != mine[k]]
+        if differ:
+            raise TrainError(f"{self.out / 'config.json'}: --resume with different settings ({', '.join(differ)})")
+        module, meta = ckpt.load(step_dir / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
+                                 dino_dim=self.dino_dim if self.cfg.variant == "cpm" else None,
+                                 n_patches=self.n_patches if self.cfg.variant == "cpm" else None)
+        if meta["prompt_format"] != PROMPT_FORMAT:
+            raise TrainError(f"{step_dir / ckpt.LAST}: prompt format {meta['prompt_format']} (trained before corrbench "
+                             f"adopted SD4Match's prompt encoding) cannot be resumed; evaluate it as it is, or start a new run")
+        self.prompt.load_state_dict(module.state_dict())
+        try:  # tensors and plain containers only: a planted pickle cannot run code here
+            state = self.torch.load(step_dir / "state.pt", map_location=self.device, weights_only=True)
+            self.opt.load_state_dict(state["optimizer"])
+            self.step, self.best = int(state["step"]), float(state["best"])
+        except Exception as exc:
+            raise TrainError(f"{step_dir / 'state.pt'}: not a readable optimiser state ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+        if int(meta.get("step", self.step)) != self.step:
+            raise TrainError(f"{step_dir}: prompts of step {meta.get('step')} beside optimiser state of step {self.step}")
+        self.log = []
+        if (step_dir / "train_log.csv").is_file():
+            with open(step_dir / "train_log.csv") as fh:
+                self.log = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.step]
+        if step_dir != self.out:
+            self.publish(step_dir)

@@ -38,6 +38,8 @@ BUILTIN: dict[str, Entry] = {
               "SD4Match-CPM: prompts conditioned on DINOv2 features of both images (per pair); t=50, ensemble 8"),
         Entry("dinov2", "sd4match.methods.dinov2:Dinov2Matcher",
               "DINOv2 nearest neighbour (sd-dino / GeoAware-SC): ViT-B/14 block 11 before the final norm, 840 padded frame"),
+        Entry("dinov3", "sd4match.methods.dinov3:Dinov3Matcher",
+              "DINOv3 ViT-B/16 nearest neighbour: last block's normed patch tokens, 768 padded frame (layer and size unconfirmed)"),
         Entry("sd-dino", "sd4match.methods.sd_dino:SDDinoMatcher",
               "SD+DINO (A Tale of Two Features): SD-1.5 blocks 2/5/8 t=100, per-pair PCA 3 x 256, + DINOv2-B, argmax"),
         Entry("geoaware-zs", "sd4match.methods.geoaware:GeoAwareZeroShotMatcher",

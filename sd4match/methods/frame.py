@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -82,6 +83,8 @@ class FrameConfig(DenseConfig):
     dino_layer: int = -1
     dino_final_norm: bool = False
     dino_pos: str = "hub"
+    #: the backbone's patch side in pixels (a class constant: the frame must hold whole patches)
+    patch_size: ClassVar[int] = 14
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,8 +96,9 @@ class FrameConfig(DenseConfig):
             raise ValueError(f"flip must be one of {', '.join(FLIPS)}, got {self.flip!r}")
         if not 0 <= self.centre <= 64:
             raise ValueError(f"centre must be in 0..64 frame pixels, got {self.centre}")
-        if self.image_size % 14:
-            raise ValueError(f"image_size must be a multiple of DINOv2's 14-pixel patch, got {self.image_size}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size must be a multiple of the backbone's {self.patch_size}-pixel patch, "
+                             f"got {self.image_size}")
 
 
 class FrameMatcher(DenseMatcher):
@@ -135,11 +139,29 @@ class FrameMatcher(DenseMatcher):
 
     @property
     def dino(self):
+        """The ViT backbone, loaded on first use (:meth:`load_backbone`)."""
         if self._dino is None:
-            say(f"loading DINOv2 from {self.config.dino_id} ...")
-            model, _ = load_dino(self.config.dino_id, self.config.seed, self.config.dino_pos)
-            self._dino = model.to(self.device, self.dtype)
+            say(f"loading {self.backbone_name} from {self.config.dino_id} ...")
+            self._dino = self.load_backbone().to(self.device, self.dtype)
         return self._dino
+
+    #: the backbone's name in messages; a family with another backbone overrides the three hooks below
+    backbone_name = "DINOv2"
+
+    def load_backbone(self):
+        """The ViT (eval mode, frozen) named by ``dino_id``."""
+        model, _ = load_dino(self.config.dino_id, self.config.seed, self.config.dino_pos)
+        return model
+
+    def frame_pixels(self, image: torch.Tensor, flip: bool) -> torch.Tensor:
+        """One image as the backbone's normalised ``(3, S, S)`` input in the padded frame."""
+        cfg = self.config
+        return (square_canvas(image, cfg.image_size, cfg.pad, flip) - torch.tensor(MEAN).view(3, 1, 1)) / \
+            torch.tensor(STD).view(3, 1, 1)
+
+    def backbone_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, S, S)`` -> ``(B, (S/p)^2, D)`` patch tokens of the configured block."""
+        return block_tokens(self.dino, pixels, self.config.dino_layer, self.config.dino_final_norm)
 
     def describe(self) -> dict:
         return {**super().describe(), "tta": self.tta, "dino_id": self.config.dino_id, "dino_pos": self.config.dino_pos}
@@ -151,15 +173,11 @@ class FrameMatcher(DenseMatcher):
         return ",".join(parts) or "none"
 
     def dino_maps(self, images, infos: list[ImageInfo], flip: bool = False) -> torch.Tensor:
-        """DINOv2 block tokens per image in the frame, as ``(B, D, g, g)`` (cached per image)."""
-        cfg = self.config
-        S = cfg.image_size
-        mean = torch.tensor(MEAN).view(3, 1, 1)
-        std = torch.tensor(STD).view(3, 1, 1)
+        """The backbone's patch tokens per image in the frame, as ``(B, D, g, g)`` (cached per image)."""
 
         def compute(positions):
-            x = torch.stack([(square_canvas(images[i], S, cfg.pad, flip) - mean) / std for i in positions])
-            tok = block_tokens(self.dino, x.to(self.device, self.dtype), cfg.dino_layer, cfg.dino_final_norm)
+            x = torch.stack([self.frame_pixels(images[i], flip) for i in positions])
+            tok = self.backbone_tokens(x.to(self.device, self.dtype))
             g = int(round(math.sqrt(tok.shape[1])))
             return list(tok.transpose(1, 2).reshape(len(positions), -1, g, g))
 

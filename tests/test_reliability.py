@@ -299,7 +299,7 @@ def test_edited_annotation_after_a_kill_is_not_served_from_old_shards(tmp_path, 
 
 
 def test_bit_flip_in_a_shard_is_recomputed(tmp_path, monkeypatch):
-    import benchmarks.run as R
+    import benchmarks.shards as R  # where the run writes its shards
 
     root = tmp_path / "spair"
     write_spair_root(root, {"test": 12}, seed=5)

@@ -237,7 +237,7 @@ def test_frame_matchers_refuse_grid_readouts_and_bad_settings():
         cls.from_settings("tiny", readout="kernel-soft-argmax")
     with pytest.raises(ConfigError, match="flip must be one of"):
         cls.from_settings("tiny", flip="always")
-    with pytest.raises(ConfigError, match="multiple of DINOv2's 14-pixel patch"):
+    with pytest.raises(ConfigError, match="multiple of the backbone's 14-pixel patch"):
         cls.from_settings("tiny", image_size=100)
     with pytest.raises(ConfigError, match="captioner must be one of none, odise"):
         registry.load_class("sd-dino").from_settings("tiny", captioner="blip")

@@ -77,26 +77,10 @@ def read_captioner(path: str) -> dict[str, torch.Tensor]:
 def load_clip(clip_id: str):
     """``CLIPVisionModelWithProjection`` from a local folder or hub id (one-line errors)."""
     from transformers import CLIPVisionModelWithProjection
-    from transformers.utils import logging as tlog
 
-    tlog.set_verbosity_error()
-    path = Path(clip_id).expanduser()
-    if clip_id.startswith((".", "/", "~")) and not path.is_dir():
-        raise MatcherError(f"{clip_id}: no such CLIP model folder; {HOW}")
-    try:
-        try:
-            return CLIPVisionModelWithProjection.from_pretrained(clip_id, local_files_only=True).eval().requires_grad_(False)
-        except Exception:
-            if path.is_dir():
-                raise
-            from .sd_models import _probe_hub
+    from .sd_models import pretrained
 
-            _probe_hub(clip_id)
-            return CLIPVisionModelWithProjection.from_pretrained(clip_id).eval().requires_grad_(False)
-    except MatcherError as exc:
-        raise MatcherError(f"{str(exc).split(';')[0]}; {HOW}") from None
-    except Exception as exc:
-        raise MatcherError(f"cannot load CLIP from {clip_id!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    return pretrained(CLIPVisionModelWithProjection, clip_id, "CLIP", HOW)
 
 
 class Captioner(torch.nn.Module):

@@ -12,12 +12,9 @@ import math
 import os
 import types
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from benchmarks.matchers.base import MatcherError
 
 DINO_HUB_ID = "facebook/dinov2-base"
 DINO_ENV = "CORRBENCH_DINO_MODEL"
@@ -114,28 +111,12 @@ def _load_dino(model_id: str, seed: int = 0):
                            use_swiglu_ffn=swiglu, image_size=518)
         return Dinov2Model(cfg).eval().requires_grad_(False), DinoSpec()
     from transformers import (
-        AutoModel as Dinov2Model,  # Dinov2Model, or Dinov2WithRegistersModel for *-with-registers
+        AutoModel,  # Dinov2Model, or Dinov2WithRegistersModel for *-with-registers
     )
-    from transformers.utils import logging as tlog
 
-    tlog.set_verbosity_error()
-    path = Path(model_id).expanduser()
-    if model_id.startswith((".", "/", "~")) and not path.is_dir():
-        raise MatcherError(f"{model_id}: no such DINOv2 model folder; pass --set dino_id=... or set {DINO_ENV}")
-    try:
-        try:
-            model = Dinov2Model.from_pretrained(model_id, local_files_only=True)
-        except Exception:
-            from .sd_models import _probe_hub
+    from .sd_models import pretrained
 
-            if not path.is_dir():
-                _probe_hub(model_id)
-            model = Dinov2Model.from_pretrained(model_id)
-    except MatcherError as exc:
-        raise MatcherError(str(exc).split(";")[0] + f"; pass --set dino_id=PATH or set {DINO_ENV}") from None
-    except Exception as exc:
-        raise MatcherError(f"cannot load DINOv2 from {model_id!r} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    return model.eval().requires_grad_(False), DinoSpec()
+    return pretrained(AutoModel, model_id, "DINOv2", f"pass --set dino_id=PATH or set {DINO_ENV}"), DinoSpec()
 
 
 def resized_size(W: int, H: int, short: int) -> tuple[int, int]:

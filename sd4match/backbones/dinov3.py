@@ -13,7 +13,6 @@ log in, or download them and pass the folder).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -54,30 +53,12 @@ def load_dinov3(model_id: str, seed: int = 0):
         torch.manual_seed(seed + 5)
         cfg = _config(32, 2, 2, 64, 112) if model_id == "tiny" else _config(*RANDOM_SIZES[model_id])
         return DINOv3ViTModel(cfg).eval().requires_grad_(False)
-    from transformers.utils import logging as tlog
+    from .sd_models import pretrained
 
-    tlog.set_verbosity_error()
-    path = Path(model_id).expanduser()
-    if model_id.startswith((".", "/", "~")) and not path.is_dir():
-        raise MatcherError(f"{model_id}: no such DINOv3 model folder; {HOW}")
-    try:
-        try:
-            model = DINOv3ViTModel.from_pretrained(model_id, local_files_only=True)
-        except Exception:
-            if path.is_dir():
-                raise
-            from .sd_models import _probe_hub
-
-            _probe_hub(model_id)
-            model = DINOv3ViTModel.from_pretrained(model_id)
-    except MatcherError as exc:
-        raise MatcherError(f"{str(exc).split(';')[0]}; {HOW}") from None
-    except Exception as exc:
-        raise MatcherError(f"cannot load DINOv3 from {model_id!r} ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); {HOW}") from None
+    model = pretrained(DINOv3ViTModel, model_id, "DINOv3", HOW)
     if getattr(model.config, "model_type", "") != "dinov3_vit":
         raise MatcherError(f"{model_id}: not a DINOv3 ViT (model type {model.config.model_type!r})")
-    return model.eval().requires_grad_(False)
+    return model
 
 
 def processor_pixels(u8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

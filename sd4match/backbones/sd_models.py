@@ -196,3 +196,29 @@ def random_sd15(seed: int = 0) -> SDComponents:
     for m in (vae, unet, text):
         m.eval().requires_grad_(False)
     return SDComponents(vae=vae, unet=unet, text_encoder=text, tokenizer=tok, scheduler=sched, model_id="random-sd15")
+
+
+def pretrained(cls, model_id: str, what: str, how: str):
+    """``cls.from_pretrained(model_id)`` in eval mode and frozen, from a local folder or the local
+    cache first, else from the hub (reachability probed first, so an unreachable hub fails fast).
+    Every failure is one MatcherError line naming ``what`` and ending in ``how`` (what to do)."""
+    from transformers.utils import logging as tlog
+
+    tlog.set_verbosity_error()
+    path = Path(model_id).expanduser()
+    if model_id.startswith((".", "/", "~")) and not path.is_dir():
+        raise MatcherError(f"{model_id}: no such {what} model folder; {how}")
+    try:
+        try:
+            model = cls.from_pretrained(model_id, local_files_only=True)
+        except Exception:
+            if path.is_dir():
+                raise
+            _probe_hub(model_id)
+            model = cls.from_pretrained(model_id)
+    except MatcherError as exc:
+        raise MatcherError(f"{str(exc).split(';')[0]}; {how}") from None
+    except Exception as exc:
+        raise MatcherError(f"cannot load {what} from {model_id!r} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); {how}") from None
+    return model.eval().requires_grad_(False)

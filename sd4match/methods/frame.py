@@ -4,16 +4,8 @@
 Facts from ``../shared/docs/baselines.md`` (sections 1-3); nothing here is taken from the authors'
 code. All three share one geometry, the one sd-dino and GeoAware-SC evaluate in:
 
-- **frame**: the longer image side is resized to S with Pillow's LANCZOS filter, the shorter to
-  ``round(S * short / long)`` (round half to even), and the result is pasted centred on a black
-  S x S canvas at offset ``(S - resized_short) // 2`` (``pad=edge``: padded with edge pixels instead).
-  A keypoint maps as ``x' = x * S / max(W, H) + offset``; predictions map back the same way. The
-  frame is an isotropic scaling, so PCK measured in it equals PCK in the original image.
-- **source patch**: the cell containing the keypoint, ``j = int(x' * g / S)`` on a g x g grid.
-- **readouts**: ``nn`` (argmax cell) or ``geoaware-soft-argmax`` (GeoAware's window soft-argmax);
-  the matched cell u maps to ``u * S / g + centre`` in the frame (``centre`` 6.5 in sd-dino, 7 in
-  GeoAware-SC: a real half-pixel difference, so a setting). Predictions in the padding are kept
-  as they are (they are outside the image; the authors do not clamp either).
+- **frame**, **source patch**, **readouts** and the mapping back: :mod:`sd4match.methods.frame_geometry`
+  (the frame is an isotropic scaling, so PCK measured in it equals PCK in the original image).
 
 Test-time options (off by default, recorded in the run as ``tta``): ``flip=adaptive-mnn`` (adaptive
 pose alignment: the mirrored source, with left/right keypoints exchanged, is also matched, and its

@@ -9,6 +9,8 @@ import sys
 
 import pandas as pd
 
+from .protocol import is_strict
+
 
 def say(message: str) -> None:
     """One line on stderr, written above an active progress bar instead of through it."""
@@ -70,7 +72,7 @@ def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = N
     name, frame, threshold, aggregate = key
     r = results[(results["protocol"] == name) & (results["frame"] == frame) & (results["threshold"] == threshold)
                 & (results["aggregate"] == aggregate) & (results["category"] == "all")]
-    strict = name == "geoaware"
+    strict = is_strict(name, dataset)
     lines.append(f"{prov.get('label', '')}{' ' if prov.get('label') else ''}[run {prov.get('run_id', '?')}] on {dataset}: "
                  f"PCK (%), protocol {name} (frame {frame}, threshold {threshold}, aggregate {aggregate}, "
                  f"{'d < alpha·T' if strict else 'd <= alpha·T'}), ± = 95% bootstrap half-width over pairs")

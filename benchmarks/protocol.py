@@ -128,6 +128,19 @@ def default_presets(dataset: str) -> tuple[str, ...]:
     return ("geoaware", "original")
 
 
+def is_strict(presets, dataset: str) -> bool:
+    """Whether any of the named presets counts a keypoint correct only when d < alpha * T (else <=)
+    on ``dataset``, as the preset itself says (``Protocol.strict``); unknown names count as <=."""
+    names = [presets] if isinstance(presets, str) else list(presets)
+    out = False
+    for name in names:
+        try:
+            out = out or any(p.strict for p in protocols_for(dataset, [name]))
+        except ValueError:
+            continue
+    return out
+
+
 def parse_alphas(text: str) -> tuple[float, ...]:
     """``"0.01,0.05,0.1"`` -> sorted distinct alphas in (0, 1]; a one-line ValueError otherwise."""
     import math

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from benchmarks.protocol import is_strict
+
 from .render import Cell, mark_best
 from .runs import WHOLE
 
@@ -41,7 +43,7 @@ def main_protocol(d: pd.DataFrame, dataset: str) -> tuple[tuple, str, bool]:
     counts = rows.groupby(PROTO, sort=True).size()
     key = tuple(counts.idxmax()) if len(counts) else ("?", "?", "?")
     names = sorted(set(rows[(rows["frame"] == key[0]) & (rows["threshold"] == key[1])]["protocol"].astype(str)))
-    return key, ", ".join(names), any(n == "geoaware" for n in names)
+    return key, ", ".join(names), is_strict(names, dataset)
 
 
 def rule(strict: bool) -> str:

@@ -64,8 +64,7 @@ def _per_pair(run: Path) -> pd.DataFrame:
     return df
 
 
-def _own_readout(run: Path, present: list[str]) -> str | None:
-    record = read_record(run)
+def _own_readout(record: dict, present: list[str]) -> str | None:
     prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
     for name in [prov.get("default_readout"), *(record.get("readouts") or [])]:
         if isinstance(name, str) and name in present:
@@ -73,15 +72,13 @@ def _own_readout(run: Path, present: list[str]) -> str | None:
     return present[0] if len(present) == 1 else None
 
 
-def _name(run: Path) -> str:
-    record = read_record(run)
+def _name(run: Path, record: dict) -> str:
     prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
     label = prov.get("label") if isinstance(prov.get("label"), str) else record.get("matcher", "?")
     return f"{clean_text(label)} [{Path(run).name}]"
 
 
-def _main_protocol(run: Path, df: pd.DataFrame) -> str:
-    record = read_record(run)
+def _main_protocol(run: Path, record: dict, df: pd.DataFrame) -> str:
     present = sorted(set(df["protocol"]))
     try:
         from benchmarks.protocol import default_presets
@@ -100,7 +97,8 @@ def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str 
             resamples: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, str]:
     """(table with columns category, n_pairs, pck_a, pck_b, diff, ci_low, ci_high in percent; a header)."""
     a, b = _per_pair(run_a), _per_pair(run_b)
-    protocol = protocol or _main_protocol(run_a, a)
+    records = {run_a: read_record(run_a), run_b: read_record(run_b)}
+    protocol = protocol or _main_protocol(run_a, records[run_a], a)
     sel, used = [], []
     for df, run in ((a, run_a), (b, run_b)):
         d = df[(df["protocol"] == protocol) & np.isclose(df["alpha"], alpha)]
@@ -114,7 +112,7 @@ def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str 
         elif readout is not None:
             raise LeaderboardError(f"{run}: no readout {readout!r}; present: {', '.join(present)}")
         else:
-            r = _own_readout(run, present)
+            r = _own_readout(records[run], present)
             if r is None:
                 raise LeaderboardError(f"{run} holds several readouts ({', '.join(present)}) and no record of its "
                                        "matcher's own; choose one with --readout")
@@ -135,7 +133,7 @@ def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str 
         rows.append({"category": cat, "n_pairs": int(m.sum()), "pck_a": 100 * da.mean(), "pck_b": 100 * db.mean(),
                      "diff": 100 * (db.mean() - da.mean()), "ci_low": 100 * lo, "ci_high": 100 * hi})
     how = "" if readout else " (each run's own readout)"
-    head = (f"A: {_name(run_a)}, readout {used[0]}\nB: {_name(run_b)}, readout {used[1]}{how}\n"
+    head = (f"A: {_name(run_a, records[run_a])}, readout {used[0]}\nB: {_name(run_b, records[run_b])}, readout {used[1]}{how}\n"
             f"B - A, per-image PCK@{alpha:g} (%), protocol {protocol}, {len(both)} common pairs "
             f"(A: {len(sel[0])}, B: {len(sel[1])}); 95% paired bootstrap over pairs ({resamples} resamples, seed {seed})")
     return pd.DataFrame(rows), head

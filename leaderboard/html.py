@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from benchmarks.protocol import is_strict
+
 from .runs import WHOLE
 
 STYLE = """
@@ -133,7 +135,7 @@ def records(d: pd.DataFrame) -> list[dict]:
     for (ds, split, *key), g in d.groupby(["dataset", "split", "frame", "threshold", "aggregate"], sort=True):
         key = [ds if split == "test" else f"{ds}-{split}", *key]  # a split other than test is named, as in the files
         presets = ", ".join(sorted(set(g["protocol"].astype(str))))
-        strict = "geoaware" in presets.split(", ")
+        strict = is_strict(presets.split(", "), ds)
         g = g.drop_duplicates(["kind", "method", "run", "readout", "tta", "precision", "alpha", "category"])
         for r in g.itertuples(index=False):
             n, t = r.n_pairs, r.split_pairs

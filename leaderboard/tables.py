@@ -14,6 +14,8 @@ import io
 
 import pandas as pd
 
+from benchmarks.protocol import is_strict
+
 from . import render as R
 from .runs import WHOLE
 
@@ -73,7 +75,7 @@ def summary_table(d: pd.DataFrame) -> pd.DataFrame:
 
 def caption(dataset: str, key: tuple, presets: str, alpha: float) -> str:
     frame, threshold, aggregate = key
-    strict = "geoaware" in presets.split(", ")
+    strict = is_strict(presets.split(", "), dataset)
     return (f"{dataset}: PCK@{alpha:g} (%). Protocol (presets {presets}): frame {frame}, threshold {threshold}, "
             f"aggregate {aggregate}; correct when {'d < alpha·T' if strict else 'd ≤ alpha·T'}. "
             "All ± = half-width of the 95% bootstrap interval over pairs; best value in bold.")

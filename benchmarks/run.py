@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layout", default=None, help="SPair-71k: large (default) or small")
     p.add_argument("--limit", type=int, default=None, help="only the first N pairs of the split (a partial result)")
     p.add_argument("--sample", type=int, default=None,
-                   help="N pairs drawn per category in proportion to the split, seeded by --seed (a partial result)")
+                   help="N pairs drawn per category in proportion to the split (a partial result); the same pairs "
+                        "for every matcher: the draw depends only on dataset, split, N and --sample-seed")
+    p.add_argument("--sample-seed", dest="sample_seed", type=int, default=SAMPLE_SEED,
+                   help=f"seed of the --sample draw (default {SAMPLE_SEED}; recorded)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<matcher>-<dataset>-<split>-<hash>)")
     p.add_argument("--protocol", action="append", default=None,
                    help="protocol preset, repeatable (sd4match, dift, original, geoaware, distilldift; default: the dataset's papers' presets and original)")
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", dest="shard_size", type=int, default=None,
                    help="pairs per saved shard (the resume and multi-process unit; default max(256, batch))")
     p.add_argument("--quiet", action="store_true", help="no progress bars (this run's and the model libraries')")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run already in --out (without it such a folder is refused)")
     return p
 
 
@@ -111,6 +116,37 @@ def _unlock() -> None:
     from .outlock import unlock
 
     unlock()
+
+
+#: the default seed of ``--sample`` (independent of every matcher's own seed)
+SAMPLE_SEED = 0
+
+#: the files of a finished run (any of them marks the folder as holding one)
+FINISHED = ("run.json", "results.csv", "predictions.parquet")
+
+
+def _refuse_finished(out: Path, overwrite: bool) -> None:
+    """A finished run is never replaced without ``--overwrite`` (same settings or not)."""
+    if overwrite or not out.is_dir():
+        return
+    have = [f for f in FINISHED if (out / f).exists()]
+    if have:
+        raise RunError(f"{out} already holds a finished run ({', '.join(have)}); pass --overwrite to replace it "
+                       "or choose another --out")
+
+
+def _drop_empty(out: Path, partial: Path) -> None:
+    """Remove what this process created and left empty: the partial folder, the lock, the folder."""
+    import shutil
+
+    if not any(partial.glob("shard-*.parquet")):
+        shutil.rmtree(partial, ignore_errors=True)
+    _unlock()
+    (out / ".corrbench.lock").unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:
+        pass
 
 
 def run(args) -> Path:
@@ -152,11 +188,17 @@ def run(args) -> Path:
         raise RunError("--limit and --sample are alternatives; give one")
     if args.sample is not None and args.sample <= 0:
         raise RunError(f"--sample must be a positive number of pairs, got {args.sample}")
-    sample_seed = int(getattr(matcher.config, "seed", 0) or 0)
+    # the sample depends on the dataset, split, N and its own seed only: never on a matcher's model seed,
+    # so every matcher sampled with the same N is scored on the same pairs
+    sample_seed = int(getattr(args, "sample_seed", SAMPLE_SEED))
+    if sample_seed < 0:
+        raise RunError(f"--sample-seed must be a non-negative integer, got {sample_seed}")
     subset = ("all" if args.limit is None and args.sample is None else
               f"first {args.limit}" if args.limit is not None else f"sample {args.sample} (seed {sample_seed})")
     tag = "" if subset == "all" else (f"-limit{args.limit}" if args.limit is not None else f"-sample{args.sample}s{sample_seed}")
     out = args.out or Path("runs") / f"{args.matcher}-{args.dataset}-{args.split}-{chash}{tag}"
+
+    _refuse_finished(out, getattr(args, "overwrite", False))
 
     t0 = time.perf_counter()
     table = loaders.load(args.dataset, args.data_root, args.split, layout=args.layout)
@@ -181,7 +223,13 @@ def run(args) -> Path:
     except OSError as exc:
         raise RunError(f"{out}: cannot create the output folder ({exc.strerror or exc})") from None
     if rank == 0:
-        _lock(out)
+        try:
+            _lock(out)
+            _refuse_finished(out, getattr(args, "overwrite", False))  # again, now that no other writer can start
+        except RunError:
+            if created:
+                _drop_empty(out, partial)
+            raise
     batch = int(getattr(matcher, "batch_size", 0) or getattr(matcher.config, "batch_size", 1) or 1)
     if args.shard_size is not None and args.shard_size <= 0:
         raise RunError(f"--shard-size must be positive, got {args.shard_size}")
@@ -202,12 +250,7 @@ def run(args) -> Path:
 
             shutil.rmtree(partial, ignore_errors=True)
             if created:  # a refused run leaves nothing behind (the lock file included)
-                _unlock()
-                (out / ".corrbench.lock").unlink(missing_ok=True)
-                try:
-                    out.rmdir()
-                except OSError:
-                    pass
+                _drop_empty(out, partial)
         raise
     finally:
         matcher.close()
@@ -248,6 +291,7 @@ def run(args) -> Path:
         "data_root": str(Path(args.data_root).resolve()),
         "limit": args.limit,
         "sample": args.sample,
+        "sample_seed": sample_seed if args.sample is not None else None,
         "subset": subset,
         "split_pairs": split_pairs,
         "complete": subset == "all",

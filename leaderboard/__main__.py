@@ -30,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--label", action="append", default=[], metavar="RUN=NAME",
                    help="show run folder RUN as NAME (a paper's name; repeatable); random weights stay said")
     b.add_argument("--figures", default="png,pdf,svg", help="figure formats, comma-separated: png, pdf, svg")
-    b.add_argument("--plot-readouts", action="store_true", help="plot every readout (default: each method's best)")
+    b.add_argument("--plot-readouts", action="store_true", help="plot every readout (default: the --readout choice)")
+    b.add_argument("--readout", default="own",
+                   help="readout of the compact tables, figures and HTML view: own (each method's declared default; "
+                        "default), best (chosen on the test split: marked) or a readout name")
+    b.add_argument("--mixed-pairs", dest="mixed_pairs", action="store_true",
+                   help="show runs that cover different pair sets side by side (unranked) instead of refusing")
     c = sub.add_parser("compare", help="paired comparison of two runs (difference and its bootstrap interval)")
     c.add_argument("run_a", type=Path)
     c.add_argument("run_b", type=Path)
@@ -38,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--readout", default=None,
                    help="readout of both runs (default: each run's own, the first its matcher computes)")
     c.add_argument("--alpha", type=_alpha, default=0.1)
+    c.add_argument("--shared-pairs", dest="shared_pairs", action="store_true",
+                   help="compare runs that evaluated different pairs on the pairs they share")
     return p
 
 
@@ -49,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         from .compare import compare
 
         try:
-            table, head = compare(args.run_a, args.run_b, args.protocol, args.readout, args.alpha)
+            table, head = compare(args.run_a, args.run_b, args.protocol, args.readout, args.alpha,
+                                  shared_pairs=args.shared_pairs)
         except LeaderboardError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -63,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if not figs or any(f not in ("png", "pdf", "svg") for f in figs):
             raise LeaderboardError(f"--figures takes a comma-separated subset of png, pdf, svg, got {args.figures!r}")
         written = build(args.runs, args.out, reported, formats, args.alpha, args.plot_readouts,
-                        parse_labels(args.label), figs)
+                        parse_labels(args.label), figs, readout=args.readout, mixed_pairs=args.mixed_pairs)
     except (LeaderboardError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -94,8 +94,11 @@ def _main_protocol(run: Path, record: dict, df: pd.DataFrame) -> str:
 
 
 def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str | None = None, alpha: float = 0.1,
-            resamples: int = 1000, seed: int = 0) -> tuple[pd.DataFrame, str]:
-    """(table with columns category, n_pairs, pck_a, pck_b, diff, ci_low, ci_high in percent; a header)."""
+            resamples: int = 1000, seed: int = 0, shared_pairs: bool = False) -> tuple[pd.DataFrame, str]:
+    """(table with columns category, n_pairs, pck_a, pck_b, diff, ci_low, ci_high in percent; a header).
+
+    Two runs that evaluated different pair sets are refused (with how many pairs they share) unless
+    ``shared_pairs``: then only the shared pairs are compared, and the header says so."""
     a, b = _per_pair(run_a), _per_pair(run_b)
     records = {run_a: read_record(run_a), run_b: read_record(run_b)}
     protocol = protocol or _main_protocol(run_a, records[run_a], a)
@@ -121,6 +124,10 @@ def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str 
     both = sel[0].merge(sel[1], on=["pair_id", "category"], suffixes=("_a", "_b"))
     if both.empty:
         raise LeaderboardError(f"{run_a} and {run_b} share no evaluated pairs")
+    same = len(both) == len(sel[0]) == len(sel[1])
+    if not same and not shared_pairs:
+        raise LeaderboardError(f"{run_a} and {run_b} evaluated different pairs (A: {len(sel[0])}, B: {len(sel[1])}, "
+                               f"shared: {len(both)}); pass --shared-pairs to compare them on the {len(both)} shared pairs")
     fa, fb = both["fraction_correct_a"].to_numpy(), both["fraction_correct_b"].to_numpy()
     rng = np.random.default_rng(seed)
     rows = []
@@ -134,6 +141,8 @@ def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str 
                      "diff": 100 * (db.mean() - da.mean()), "ci_low": 100 * lo, "ci_high": 100 * hi})
     how = "" if readout else " (each run's own readout)"
     head = (f"A: {_name(run_a, records[run_a])}, readout {used[0]}\nB: {_name(run_b, records[run_b])}, readout {used[1]}{how}\n"
-            f"B - A, per-image PCK@{alpha:g} (%), protocol {protocol}, {len(both)} common pairs "
-            f"(A: {len(sel[0])}, B: {len(sel[1])}); 95% paired bootstrap over pairs ({resamples} resamples, seed {seed})")
+            f"B - A, per-image PCK@{alpha:g} (%), protocol {protocol}, "
+            + (f"the same {len(both)} pairs in both" if same else
+               f"{len(both)} shared pairs only (A: {len(sel[0])}, B: {len(sel[1])})")
+            + f"; 95% paired bootstrap over pairs ({resamples} resamples, seed {seed})")
     return pd.DataFrame(rows), head

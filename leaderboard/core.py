@@ -104,10 +104,35 @@ def _write(out: Path, name: str, written: list[Path], text: str) -> None:
     written.append(out / name)
 
 
+def check_pairs(d: pd.DataFrame, dataset: str, mixed_pairs: bool) -> bool:
+    """True when the measured rows of one leaderboard cover one pair set (or their sets are unknown);
+    otherwise a one-line refusal naming two runs and how many pairs they share, or with
+    ``mixed_pairs`` False (shown side by side, not ranked)."""
+    from .runs import PAIR_SETS
+
+    meas = d[(d["kind"] == "measured") & (d["pairs_key"].astype(str) != "")]
+    keys = meas.drop_duplicates("pairs_key")[["pairs_key", "run"]].values.tolist()
+    if len(keys) <= 1:
+        return True
+    if mixed_pairs:
+        return False
+    (ka, ra), (kb, rb) = keys[0], keys[1]
+    a, b = PAIR_SETS.get(ka, frozenset()), PAIR_SETS.get(kb, frozenset())
+    raise LeaderboardError(f"{dataset}: runs {ra} and {rb} cover different pairs ({len(a)} and {len(b)}, {len(a & b)} shared; "
+                           f"{len(keys)} pair sets in all); build them apart, or pass --mixed-pairs to show them side by "
+                           "side unranked")
+
+
 def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | None = None,
           formats: tuple[str, ...] = ("md", "csv"), alpha: float = 0.1, all_readouts: bool = False,
-          labels: dict[str, str] | None = None, figure_formats: tuple[str, ...] | None = None) -> list[Path]:
-    """Write every output for the runs (see the module docstring); returns the paths written."""
+          labels: dict[str, str] | None = None, figure_formats: tuple[str, ...] | None = None,
+          readout: str = "own", mixed_pairs: bool = False) -> list[Path]:
+    """Write every output for the runs (see the module docstring); returns the paths written.
+
+    ``readout``: ``own`` (each method's own readout, the default), ``best`` (chosen on the test split,
+    marked) or a readout name, for the compact tables, the figures and the HTML page's first view.
+    Measured rows of one dataset that cover different pair sets are refused (naming the runs and how
+    many pairs they share) unless ``mixed_pairs``: then they are shown side by side, never ranked."""
     import math
 
     from . import compact as C
@@ -123,6 +148,7 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise LeaderboardError(f"{out}: --out is a file, not a folder")
+    readout = C.check_readout_mode(readout)
     df = collect(run_dirs, reported, labels)
     # one leaderboard per dataset and split (a split other than test is named in the file names)
     groups = sorted(set(zip(df.loc[df["kind"] == "measured", "dataset"], df.loc[df["kind"] == "measured", "split"])))
@@ -136,7 +162,8 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     for ds, split in groups:
         dataset = ds if split == "test" else f"{ds}-{split}"
         d = df[(df["dataset"] == ds) & (df["split"] == split)]
-        table, cap = C.compact_table(d, ds, alpha)
+        one_set = check_pairs(d, dataset, mixed_pairs)
+        table, cap = C.compact_table(d, ds, alpha, readout, ranked=one_set)
         parts, summary = T.tables(d, dataset, alpha), T.summary_table(d)
         if "md" in formats:
             _write(out, f"{dataset}.md", written, f"# Leaderboard: {dataset}\n\n" + R.to_markdown(table, cap))
@@ -145,14 +172,14 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
             _write(out, f"{dataset}.csv", written, csv_text(_plain(table)))
             _write(out, f"{dataset}-full.csv", written, T.to_csv(parts))
         if "tex" in formats:
-            head = f"% Leaderboard: {dataset} (corrbench). Needs \\usepackage{{booktabs}}.\n"
-            _write(out, f"{dataset}.tex", written, head + R.to_latex(table, cap, R.latex_label(dataset, "pck")))
+            head = f"% Leaderboard: {dataset} (corrbench). Needs \\usepackage{{booktabs,graphicx}}.\n"
+            _write(out, f"{dataset}.tex", written, head + R.to_latex(table, cap, R.latex_label(dataset, "pck"), fit=True))
             _write(out, f"{dataset}-full.tex", written, T.to_latex(dataset, parts, summary))
         _write(out, f"{dataset}-wide.csv", written, csv_text(wide(d)))
-        figs = plots(d, dataset, out, alpha, all_readouts, figure_formats or FIGURE_FORMATS)
+        figs = plots(d, dataset, out, alpha, all_readouts, figure_formats or FIGURE_FORMATS, readout=readout)
         written += figs
         figures += figs
-    table, cap = C.cross_dataset_table(df, alpha)
+    table, cap = C.cross_dataset_table(df, alpha, readout)
     if not table.empty:
         if "md" in formats:
             _write(out, "all-datasets.md", written, "# Leaderboard: all datasets\n\n" + R.to_markdown(table, cap))
@@ -164,5 +191,5 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     if "html" in formats:
         from .html import page
 
-        _write(out, "index.html", written, page(df, figures, alpha=alpha))
+        _write(out, "index.html", written, page(df, figures, alpha=alpha, readout=readout))
     return written

@@ -25,7 +25,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em;colo
 table{border-collapse:collapse;font-size:13px}th,td{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}
 th{cursor:pointer;background:#f3f3f3;position:sticky;top:0}th.text,td.text{text-align:left}
 tr.reported td{color:#555;font-style:italic}tr.random td.text:first-child::after{content:" \\2020";color:#b00}
-td.best{font-weight:bold}.ci{color:#777;font-size:11px}#caption{max-width:70em}figure{display:inline-block;margin:.5em}
+td.best{font-weight:bold}td{white-space:nowrap}.ci{color:#777;font-size:11px}#caption{max-width:70em}figure{display:inline-block;margin:.5em}
 figure img{max-width:48em}#empty{color:#b00}
 """
 
@@ -42,6 +42,14 @@ function fill(sel, values, withAll) {
   for (const v of values) { const o = document.createElement('option'); o.value = String(v); o.textContent = String(v); sel.appendChild(o); }
   if ([...sel.options].some(o => o.value === keep)) sel.value = keep;
 }
+function fillReadout(sel, names, first) {
+  const keep = first ? DEFAULT_READOUT : sel.value;
+  sel.textContent = '';
+  const opts = [['own', "each method's own"], ['best', 'best on test (selection!)'], ['', 'every readout'],
+                ...names.map(n => [n, n])];
+  for (const [v, t] of opts) { const o = document.createElement('option'); o.value = v; o.textContent = t; sel.appendChild(o); }
+  sel.value = [...sel.options].some(o => o.value === keep) ? keep : 'own';
+}
 function current() {
   return {dataset: $('f-dataset').value, table: $('f-protocol').value, alpha: $('f-alpha').value,
           readout: $('f-readout').value, tta: $('f-tta').value, precision: $('f-precision').value,
@@ -52,42 +60,65 @@ function refreshChoices(first) {
   const ds = ROWS.filter(r => r.dataset === $('f-dataset').value);
   const main = MAIN[$('f-dataset').value] || {};
   fill($('f-protocol'), uniq(ds.map(r => r.table)).sort(), false);
+  for (const o of $('f-protocol').options) { const r = ds.find(x => x.table === o.value); if (r) o.textContent = r.presets; }
   if ((first || $('f-protocol').dataset.dataset !== $('f-dataset').value) && main.table) $('f-protocol').value = main.table;
   $('f-protocol').dataset.dataset = $('f-dataset').value;
   const pt = ds.filter(r => r.table === $('f-protocol').value);
   fill($('f-alpha'), uniq(pt.map(r => r.alpha)).sort((a, b) => a - b), false);
   if (first && [...$('f-alpha').options].some(o => o.value === String(main.alpha))) $('f-alpha').value = String(main.alpha);
-  fill($('f-readout'), uniq(pt.map(r => r.readout)).sort(), true);
+  fillReadout($('f-readout'), uniq(pt.map(r => r.readout)).sort(), first);
   fill($('f-tta'), uniq(pt.map(r => r.tta)).sort(), true);
   fill($('f-precision'), uniq(pt.map(r => r.precision)).sort(), true);
 }
 function selected() {
   const c = current();
-  return ROWS.filter(r => r.dataset === c.dataset && r.table === c.table && String(r.alpha) === c.alpha
-    && (!c.readout || r.readout === c.readout) && (!c.tta || r.tta === c.tta) && (!c.precision || r.precision === c.precision)
+  let rows = ROWS.filter(r => r.dataset === c.dataset && r.table === c.table && String(r.alpha) === c.alpha
+    && (!c.tta || r.tta === c.tta) && (!c.precision || r.precision === c.precision)
     && !(c.hidePartial && r.partial) && !(c.hideReported && r.kind === 'reported') && !(c.hideRandom && r.random));
+  const ident = r => [r.kind, r.method, r.run, r.tta, r.precision].join('\u0001');
+  if (c.readout === 'own') {
+    rows = rows.filter(r => r.own);
+  } else if (c.readout === 'best') {  // a choice made on the test split: said in the caption and on each row
+    const top = new Map();
+    for (const r of rows) if (r.category === 'all' && typeof r.pck === 'number') {
+      const k = ident(r), b = top.get(k);
+      if (!b || r.pck > b.pck || (r.pck === b.pck && r.readout < b.readout)) top.set(k, r);
+    }
+    rows = rows.filter(r => top.has(ident(r)) && top.get(ident(r)).readout === r.readout);
+  } else if (c.readout) {
+    rows = rows.filter(r => r.readout === c.readout);
+  }
+  return rows;
 }
 function render() {
   const rows = selected();
   const groups = new Map();
   for (const r of rows) {
     const id = [r.kind, r.method, r.run, r.readout, r.tta, r.precision].join('\u0001');
-    if (!groups.has(id)) groups.set(id, {Method: r.method, Kind: r.kind, Run: r.run, Readout: r.readout, TTA: r.tta,
+    if (!groups.has(id)) groups.set(id, {Method: r.method + (r.kind === 'reported' ? ' [reported]' : ''), Kind: r.kind,
+      Run: r.run, Readout: r.readout + (current().readout === 'best' && r.kind === 'measured' ? ' *' : ''), TTA: r.tta,
       Precision: r.precision, Pairs: r.pairs, Weights: r.weights, partial: r.partial, random: r.random, cats: {}});
     const g = groups.get(id);
     if (r.category === 'all') { g.All = r.pck; g.lo = r.ci_low; g.hi = r.ci_high; } else { g.cats[r.category] = r.pck; }
   }
   const cats = uniq(rows.filter(r => r.category !== 'all').map(r => r.category)).sort();
-  const cols = ['Method', 'Kind', 'Run', 'Readout', 'TTA', 'Precision', 'Pairs', 'All', ...cats];
   const data = [...groups.values()];
+  // a column holding one value on every row is said in the caption, not repeated
+  const same = ['TTA', 'Precision', 'Pairs'].filter(k => data.length > 1 && uniq(data.map(g => g[k])).length === 1);
+  const cols = ['Method', 'Run', 'Readout', 'TTA', 'Precision', 'Pairs', 'All', ...cats].filter(k => !same.includes(k));
   const val = (g, k) => (k in g ? g[k] : g.cats[k]);
   data.sort((a, b) => {
     const x = val(a, sortKey), y = val(b, sortKey);
     if (x === undefined || x === null) return 1; if (y === undefined || y === null) return -1;
     return (typeof x === 'number' ? x - y : String(x).localeCompare(String(y))) * sortDir;
   });
-  const best = {};
-  for (const k of ['All', ...cats]) best[k] = Math.max(...data.map(g => val(g, k)).filter(v => typeof v === 'number'));
+  const best = {};  // bold only a unique best, measured on one pair set
+  const pairSets = uniq(data.filter(g => g.Kind === 'measured').map(g => g.Pairs));
+  for (const k of ['All', ...cats]) {
+    const vs = data.map(g => val(g, k)).filter(v => typeof v === 'number');
+    const top = Math.max(...vs);
+    best[k] = vs.filter(v => Math.abs(v - top) < 5e-4).length === 1 && pairSets.length <= 1 ? top : null;
+  }
   const thead = $('board').tHead, tbody = $('board').tBodies[0];
   thead.textContent = ''; tbody.textContent = '';
   const hr = thead.insertRow();
@@ -105,10 +136,11 @@ function render() {
       const td = tr.insertCell(); const v = val(g, k);
       if (typeof v === 'number') {
         td.textContent = (100 * v).toFixed(1);
-        if (Math.abs(v - best[k]) < 5e-4) td.className = 'best';
+        if (best[k] !== null && Math.abs(v - best[k]) < 5e-4) td.className = 'best';
         if (k === 'All' && typeof g.lo === 'number' && typeof g.hi === 'number') {
           const s = document.createElement('span'); s.className = 'ci';
-          s.textContent = ' [' + (100 * g.lo).toFixed(1) + ', ' + (100 * g.hi).toFixed(1) + ']'; td.appendChild(s);
+          s.textContent = ' \u00b1 ' + (50 * (g.hi - g.lo)).toFixed(1);
+          td.title = '95% interval [' + (100 * g.lo).toFixed(1) + ', ' + (100 * g.hi).toFixed(1) + ']'; td.appendChild(s);
         }
       } else { td.textContent = v === undefined || v === null ? '\u2013' : String(v); td.className = 'text'; }
     }
@@ -116,8 +148,12 @@ function render() {
   const c = current(); const any = rows[0] || ROWS.find(r => r.dataset === c.dataset && r.table === c.table);
   $('caption').textContent = any ? (c.dataset + ': PCK@' + c.alpha + ' (%). Protocol (presets ' + any.presets + '): frame '
     + any.frame + ', threshold ' + any.threshold + ', aggregate ' + any.aggregate + '; a keypoint is correct when '
-    + (any.strict ? 'd < alpha\u00b7T' : 'd \u2264 alpha\u00b7T') + '. All [interval] = 95% bootstrap interval over pairs; '
-    + 'best in bold; \u2020 = random weights; reported rows are published numbers.') : '';
+    + (any.strict ? 'd < alpha\u00b7T' : 'd \u2264 alpha\u00b7T') + '. '
+    + (c.readout === 'own' ? "Each method's own readout. " : c.readout === 'best' ? 'Readout selected on the test split (*). ' : '')
+    + (same.length ? 'All rows: ' + same.map(k => k.toLowerCase() + ' ' + data[0][k]).join(', ') + '. ' : '')
+    + 'All \u00b1 = half-width of the 95% bootstrap interval over pairs (hover for the interval); '
+    + (pairSets.length > 1 ? 'rows cover different pairs: not ranked; ' : 'a unique best in bold; ')
+    + '\u2020 = random weights; reported rows are published numbers.') : '';
   $('empty').textContent = data.length ? '' : 'No rows match the filters.';
   $('count').textContent = data.length + ' rows';
   for (const f of document.querySelectorAll('figure')) f.style.display = f.dataset.dataset === c.dataset ? '' : 'none';
@@ -125,18 +161,23 @@ function render() {
 for (const id of ['f-dataset', 'f-protocol', 'f-alpha']) $(id).addEventListener('change', () => { refreshChoices(); render(); });
 for (const id of ['f-readout', 'f-tta', 'f-precision', 'hide-partial', 'hide-reported', 'hide-random'])
   $(id).addEventListener('change', render);
+$('hide-partial').checked = true;  // full runs first; partial rows one click away
 refreshChoices(true); render();
 """
 
 
 def records(d: pd.DataFrame) -> list[dict]:
-    """The rows the page holds (numbers in [0, 1], text as text)."""
+    """The rows the page holds (numbers in [0, 1], text as text); ``own`` marks each method's own readout."""
+    from .compact import select_readout
+
     out = []
     for (ds, split, *key), g in d.groupby(["dataset", "split", "frame", "threshold", "aggregate"], sort=True):
         key = [ds if split == "test" else f"{ds}-{split}", *key]  # a split other than test is named, as in the files
         presets = ", ".join(sorted(set(g["protocol"].astype(str))))
         strict = is_strict(presets.split(", "), ds)
         g = g.drop_duplicates(["kind", "method", "run", "readout", "tta", "precision", "alpha", "category"])
+        own_rows = select_readout(g, 0.1, "own", ["kind", "method", "run", "tta", "precision"])
+        own_flags = {(r.kind, r.method, r.run, r.tta, r.precision): r.readout for r in own_rows.itertuples(index=False)}
         for r in g.itertuples(index=False):
             n, t = r.n_pairs, r.split_pairs
             num = lambda v: None if pd.isna(v) else round(float(v), 6)  # noqa: E731
@@ -146,22 +187,32 @@ def records(d: pd.DataFrame) -> list[dict]:
                         "alpha": float(r.alpha), "category": "all" if r.category == WHOLE else str(r.category),
                         "pck": num(r.pck), "ci_low": num(r.ci_low), "ci_high": num(r.ci_high),
                         "partial": bool(r.partial), "random": bool(r.random_weights), "weights": str(r.weights),
+                        "own": own_flags.get((r.kind, r.method, r.run, r.tta, r.precision)) == r.readout,
                         "pairs": "published" if pd.isna(n) else f"{int(n)}/{'?' if pd.isna(t) else int(t)}"})
     return out
 
 
-def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboard", alpha: float = 0.1) -> str:
-    """The whole page as text; each dataset opens on its main protocol table at ``alpha``."""
+def embed(value) -> str:
+    """JSON for a ``<script type="application/json">`` element: '<', '>' and '&' escaped, so no text in it
+    (``</script>``, ``<!--`` then ``<script``) can end or alter the element."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=True)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboard", alpha: float = 0.1,
+         readout: str = "own") -> str:
+    """The whole page as text; each dataset opens on its main protocol table at ``alpha``, one row per
+    method at ``readout`` (own by default), full runs only, sorted by score."""
     from html import escape
 
     from .compact import main_protocol
 
-    blob = json.dumps(records(d), sort_keys=True, ensure_ascii=True).replace("</", "<\\/")
+    blob = embed(records(d))
     main = {}
     for ds, split in sorted(set(zip(d["dataset"], d["split"]))):
         key, _, _ = main_protocol(d[d["split"] == split], ds)
         main[ds if split == "test" else f"{ds}-{split}"] = {"table": " / ".join(map(str, key)), "alpha": alpha}
-    main_blob = json.dumps(main, sort_keys=True, ensure_ascii=True).replace("</", "<\\/")
+    main_blob = embed(main)
     figs = []
     for f in figures:
         if f.suffix == ".png" and f.is_file():
@@ -184,4 +235,4 @@ def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboa
             '<p id="caption"></p><p id="empty"></p><table id="board"><thead></thead><tbody></tbody></table>'
             f"<h2>Figures</h2>{''.join(figs)}"
             f'<script id="data" type="application/json">{blob}</script>'
-            f'<script id="main" type="application/json">{main_blob}</script><script>{SCRIPT}</script></body></html>\n')
+            f'<script id="main" type="application/json">{main_blob}</script><script>const DEFAULT_READOUT = {embed(readout)};{SCRIPT}</script></body></html>\n')

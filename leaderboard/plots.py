@@ -27,27 +27,38 @@ def style(i: int, colors) -> tuple:
     return colors[i % len(colors)], MARKERS[(i // len(colors)) % len(MARKERS)], HATCHES[(i // len(colors)) % len(HATCHES)]
 
 
+def plain(text: str) -> str:
+    """A label as plain text for matplotlib: '$' would start its math parser, so it is escaped."""
+    return str(text).replace("$", r"\$")
+
+
 def label(key: tuple, all_keys: list) -> str:
-    """A series' legend: method (readout), test-time options, run id, [reported]."""
+    """A series' legend: method (readout), test-time options, run id, [reported]; a partial run's
+    name already carries its coverage (``[partial: ...]``) and its line is dashed. Plain text."""
     kind, method, readout, tta, run = key
     text = f"{method}" + (f" ({readout})" if readout not in ("none", "") else "") + (f", tta {tta}" if tta not in ("none", "") else "")
     text += f" [{run}]" if kind == "measured" else " [reported]"
-    return text
+    return plain(text)
 
 
-def headline(d: pd.DataFrame, alpha: float = 0.1, all_readouts: bool = False) -> pd.DataFrame:
-    """The rows drawn: per (kind, method, run) the readout with the best All at ``alpha`` in its protocol
-    table (every readout with ``all_readouts``)."""
+def _line_style(key: tuple, partial: bool) -> str:
+    return ":" if key[0] == "reported" else "--" if partial else "-"
+
+
+def headline(d: pd.DataFrame, alpha: float = 0.1, all_readouts: bool = False, readout: str = "own") -> pd.DataFrame:
+    """The rows drawn: per (kind, method, run) and protocol table the readout the compact table shows
+    (``own`` by default; see :func:`leaderboard.compact.select_readout`), every readout with ``all_readouts``."""
+    from .compact import select_readout
+
     if all_readouts or d.empty:
         return d
-    a = d[(d["category"] == WHOLE) & ((d["alpha"] - alpha).abs() < 1e-9)]
-    keep = []
-    for _, g in a.groupby(["kind", "method", "run", "frame", "threshold", "aggregate"], sort=True):
-        best = g.sort_values(["pck", "readout"], ascending=[False, True], kind="mergesort").iloc[0]
-        keep.append((best["kind"], best["method"], best["run"], best["frame"], best["threshold"], best["aggregate"],
-                     best["readout"]))
-    k = pd.DataFrame(keep, columns=["kind", "method", "run", "frame", "threshold", "aggregate", "readout"]).drop_duplicates()
-    return d.merge(k, on=list(k.columns))
+    return select_readout(d, alpha, readout, ["kind", "method", "run", "precision", "tta", "frame", "threshold", "aggregate"])
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _save(fig, base: Path, formats) -> list[Path]:
@@ -63,7 +74,7 @@ def _save(fig, base: Path, formats) -> list[Path]:
 
 
 def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_readouts: bool = False,
-          formats=FIGURE_FORMATS) -> list[Path]:
+          formats=FIGURE_FORMATS, readout: str = "own") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +83,7 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
     plt.rcParams["svg.hashsalt"] = "corrbench"  # stable ids: the same inputs give the same SVG bytes
     colors = plt.get_cmap("tab10").colors
     written = []
-    d = headline(df, alpha, all_readouts)
+    d = headline(df, alpha, all_readouts, readout)
     d = pd.concat([_dedupe(g) for _, g in d.groupby(["frame", "threshold", "aggregate"], sort=True)]) if not d.empty else d
     groups = list(d[d["category"] == WHOLE].groupby(["frame", "threshold", "aggregate"], sort=True))
     series = sorted({k for _, g in groups for k, _ in g.groupby(LINE, sort=True)})
@@ -89,14 +100,15 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
         for key, h in g.groupby(LINE, sort=True):
             h = h.sort_values("alpha")
             color, marker, _ = style(index[key], colors)
-            line, = ax.plot(h["alpha"], h["pck"] * 100, "--" if key[0] == "reported" else "-", marker=marker, color=color,
+            partial = bool(h["partial"].astype(bool).any()) if "partial" in h.columns else False
+            line, = ax.plot(h["alpha"], h["pck"] * 100, _line_style(key, partial), marker=marker, color=color,
                             markersize=5, label=label(key, series))
             handles.setdefault(label(key, series), line)
-        ax.set_title(f"{presets}: frame {frame},\nT = {threshold}, aggregate {aggregate}", fontsize=9)
+        ax.set_title(plain(_wrap(f"{presets}: frame {frame}, T = {threshold}, aggregate {aggregate}", 48)), fontsize=9)
         ax.set_xlabel("alpha")
         ax.set_ylabel("PCK (%), all")
         ax.grid(True, alpha=0.3)
-    fig.suptitle(f"{dataset}: PCK against alpha", fontsize=11)
+    fig.suptitle(plain(f"{dataset}: PCK against alpha"), fontsize=11)
     fig.tight_layout()
     if handles:  # one legend for every panel, below the grid, outside the data
         fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8,
@@ -106,9 +118,13 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
 
     c = d[(d["category"] != WHOLE) & ((d["alpha"] - alpha).abs() < 1e-9)]
     if not c.empty:
-        # the protocol table that holds the most methods
-        proto = max(c.groupby(["frame", "threshold", "aggregate"], sort=True),
-                    key=lambda kv: kv[1][["kind", "method", "run"]].drop_duplicates().shape[0])[0]
+        # the dataset's main protocol table, the one the compact table shows
+        from .compact import main_protocol
+
+        proto = main_protocol(df, str(df["dataset"].iloc[0]))[0] if "dataset" in df.columns else None
+        if proto is None or c[(c["frame"] == proto[0]) & (c["threshold"] == proto[1]) & (c["aggregate"] == proto[2])].empty:
+            proto = max(c.groupby(["frame", "threshold", "aggregate"], sort=True),
+                        key=lambda kv: kv[1][["kind", "method", "run"]].drop_duplicates().shape[0])[0]
         c = c[(c["frame"] == proto[0]) & (c["threshold"] == proto[1]) & (c["aggregate"] == proto[2])]
         presets = ", ".join(sorted(set(c["protocol"].astype(str))))
         cats = sorted(set(c["category"]))
@@ -121,10 +137,11 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
             ax.bar([j + i * width for j in range(len(cats))], vals, width, label=label(key, series), color=color,
                    hatch=hatch or ("//" if key[0] == "reported" else None), edgecolor="black", linewidth=0.3)
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cats))])
-        ax.set_xticklabels(cats, rotation=45, ha="right")
+        ax.set_xticklabels([plain(c) for c in cats], rotation=45, ha="right")
         ax.set_ylabel(f"PCK@{alpha:g} (%)")
-        ax.set_title(f"{dataset}: PCK@{alpha:g} per category\n{presets}: frame {proto[0]}, T = {proto[1]}, "
-                     f"aggregate {proto[2]}", fontsize=9)
+        ax.set_title(plain(f"{dataset}: PCK@{alpha:g} per category\n" + _wrap(f"{presets}: frame {proto[0]}, "
+                                                                                f"T = {proto[1]}, aggregate {proto[2]}", 70)),
+                     fontsize=9)
         ax.grid(True, axis="y", alpha=0.3)
         fig.tight_layout()
         # below the axes, outside the data (the saved figure grows to hold it)

@@ -38,19 +38,22 @@ class Cell:
             return "–"
         v = f"{self.value:.1f}"
         v = bold(v) if self.best else v
-        return v if _missing(self.half) else f"{v} {pm} {self.half:.1f}"
+        if self.half is None:
+            return v
+        return f"{v} {pm} –" if _missing(self.half) else f"{v} {pm} {self.half:.1f}"
 
 
 def mark_best(cells: pd.DataFrame) -> pd.DataFrame:
-    """Set ``best`` on the cells holding each column's highest value (ties all bold)."""
+    """Set ``best`` on the cell holding each column's highest value, only when that value is unique
+    (at the printed precision) and its interval is not undefined (a NaN half-width: under 2 pairs)."""
     for col in cells.columns:
-        vals = [c.value for c in cells[col] if isinstance(c, Cell) and not _missing(c.value)]
+        vals = [c for c in cells[col] if isinstance(c, Cell) and not _missing(c.value)]
         if not vals:
             continue
-        top = round(max(vals), 1)
-        for c in cells[col]:
-            if isinstance(c, Cell) and not _missing(c.value) and round(c.value, 1) == top:
-                c.best = True
+        top = round(max(c.value for c in vals), 1)
+        at_top = [c for c in vals if round(c.value, 1) == top]
+        if len(at_top) == 1 and not (at_top[0].half is not None and _missing(at_top[0].half)):
+            at_top[0].best = True
     return cells
 
 
@@ -62,7 +65,7 @@ def to_markdown(table: pd.DataFrame, caption: str) -> str:
     return f"**{md(caption)}**\n\n{body}\n"
 
 
-def to_latex(table: pd.DataFrame, caption: str, label: str, wide: bool = False) -> str:
+def to_latex(table: pd.DataFrame, caption: str, label: str, wide: bool = False, fit: bool = False) -> str:
     """A booktabs table (``\\usepackage{booktabs}``; ``\\usepackage{graphicx}`` for ``wide`` ones,
     which are scaled to the line width)."""
     shown = table.map(lambda c: c.text(r"$\pm$", lambda s: f"\\textbf{{{s}}}") if isinstance(c, Cell) else tex(c))
@@ -73,6 +76,10 @@ def to_latex(table: pd.DataFrame, caption: str, label: str, wide: bool = False) 
     if wide:
         text = re.sub(r"(\\begin\{tabular\}.*?\\end\{tabular\})", lambda m: "\\resizebox{\\linewidth}{!}{%\n" + m.group(1) + "}",
                       text, flags=re.S)
+    elif fit:  # shrink to the column only when wider than it (a two-column paper's \columnwidth)
+        text = re.sub(r"(\\begin\{tabular\}.*?\\end\{tabular\})",
+                      lambda m: "\\resizebox{\\ifdim\\width>\\columnwidth\\columnwidth\\else\\width\\fi}{!}{%\n"
+                      + m.group(1) + "}", text, flags=re.S)
     return text
 
 

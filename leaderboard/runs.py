@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 KEY = ["kind", "method", "run", "split", "precision", "tta", "protocol", "frame", "threshold", "aggregate", "readout"]
-IDENTITY = ["weights", "random_weights", "partial", "source"]
+IDENTITY = ["weights", "random_weights", "partial", "source", "own_readout", "pairs_key"]
 NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high"]
 COLUMNS = KEY + IDENTITY + ["dataset", "category", "alpha", "pck", "note"] + NUMBERS
 #: the category of whole-split rows (benchmarks.evaluate never writes a dataset category under this name)
@@ -191,7 +191,46 @@ def read_run(run_dir: str | Path, label: str | None = None) -> pd.DataFrame:
     df["run"] = prov["run_id"] or str(record.get("config_hash", ""))[:7] or clean_text(run_dir.name)
     df["source"] = clean_text(run_dir)
     df["note"] = ""
+    df["own_readout"] = own_readout(record, sorted(set(df["readout"].astype(str))))
+    df["pairs_key"] = pair_set(run_dir)
     return df
+
+
+def own_readout(record: dict, present: list[str]) -> str:
+    """The run's own readout: its matcher's declared default (``provenance.default_readout``), else the
+    first readout the run computed that is present, else the only one present ('' when undecidable)."""
+    prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    listed = record.get("readouts") if isinstance(record.get("readouts"), list) else []
+    for name in [prov.get("default_readout"), *listed]:
+        if isinstance(name, str) and clean_text(name) in present:
+            return clean_text(name)
+    return present[0] if len(present) == 1 else ""
+
+
+#: pair sets of the runs read (pairs key -> frozenset of pair ids), for the shared-pairs counts
+PAIR_SETS: dict[str, frozenset] = {}
+
+
+def pair_set(run_dir: Path) -> str:
+    """A short key of the set of pairs the run evaluated (from ``per_pair.parquet``); '' when the run
+    has no per-pair table (older runs): its pair set is unknown."""
+    import hashlib
+
+    path = Path(run_dir) / "per_pair.parquet"
+    if not path.is_file():
+        return ""
+    try:
+        import pyarrow.parquet as pq
+
+        ids = pq.read_table(path, columns=["pair_id"]).column("pair_id").to_pylist()
+    except Exception as exc:  # pyarrow raises several types for damaged files
+        raise LeaderboardError(f"{path}: unreadable ({type(exc).__name__})") from None
+    if not all(isinstance(i, str) for i in ids):
+        raise LeaderboardError(f"{path}: column 'pair_id' must hold text")
+    pairs = frozenset(ids)
+    key = hashlib.sha256("\n".join(sorted(pairs)).encode()).hexdigest()[:12]
+    PAIR_SETS[key] = pairs
+    return key
 
 
 def parse_labels(items: list[str] | None) -> dict[str, str]:

@@ -22,6 +22,29 @@ def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def emit(text: str) -> int:
+    """Print ``text`` to standard output and flush it: 0, or, when the output cannot take it (a closed
+    pipe such as ``| head -1``: 0, quietly; a full disk or ``/dev/full``: 2 with one line on standard
+    error), never a traceback, at exit included."""
+    import os
+    import sys
+
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return 0
+    except OSError as exc:
+        try:  # nothing more goes to the broken stream, at exit neither
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        if isinstance(exc, BrokenPipeError):
+            return 0
+        print(f"error: cannot write to standard output ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+
+
 def quiet_libraries() -> None:
     """No progress bars from Hugging Face libraries (weights loading, downloads)."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"

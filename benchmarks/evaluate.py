@@ -260,17 +260,26 @@ def _evaluate_main(args, out: Path, argv) -> int:
     precision = tta = "unknown"
     run_json = args.predictions.parent / "run.json"
     record: dict = {}
-    if run_json.is_file():
+    if run_json.exists():  # the predictions' run: a damaged record is refused, never read as 'unknown'
         try:
             record = json.loads(run_json.read_text())
-            if isinstance(record, dict):
-                matcher = matcher or record.get("matcher")
-                precision = str(record.get("precision") or precision)
-                tta = str(record.get("tta") or "none")
-            else:
-                record = {}
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
-            record = {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            print(f"error: {run_json}: malformed JSON ({getattr(exc, 'msg', type(exc).__name__)}); repair or remove it "
+                  "(the predictions' provenance)", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error: {run_json}: unreadable ({exc.strerror or exc})", file=sys.stderr)
+            return 2
+        if not isinstance(record, dict) or not isinstance(record.get("matcher", ""), str):
+            print(f"error: {run_json}: expected a JSON object with the run's 'matcher', got "
+                  f"{type(record).__name__ if not isinstance(record, dict) else 'a non-text matcher'}", file=sys.stderr)
+            return 2
+        matcher = matcher or record.get("matcher")
+        precision = str(record.get("precision") or precision)
+        tta = str(record.get("tta") or "none")
+    else:
+        print(f"note: no run.json beside {args.predictions}: provenance missing (recorded as such); "
+              "the matcher is " + (repr(matcher) if matcher else "'unknown' (name it with --matcher)"))
     try:
         import loaders
 
@@ -293,6 +302,7 @@ def _evaluate_main(args, out: Path, argv) -> int:
                          "layout": args.layout, "protocols": [p.to_dict() for p in protos], "subset": subset,
                          "split_pairs": split_pairs, "n_pairs": n_pairs, "complete": subset == "all",
                          "evaluated_from": str(args.predictions.resolve()),
+                         "provenance_missing": not record,
                          "command": " ".join(["python -m benchmarks.evaluate", *(argv or sys.argv[1:])])})
         write_text(out / "run.json", json.dumps(rescored, indent=2, sort_keys=True, default=str) + "\n")
     except (DatasetError, PredictionError, ValueError) as exc:
@@ -301,7 +311,11 @@ def _evaluate_main(args, out: Path, argv) -> int:
     except OSError as exc:
         print(f"error: {getattr(exc, 'filename', None) or out}: cannot write ({exc.strerror or exc})", file=sys.stderr)
         return 2
-    print(summary(results))
+    from .console import run_summary
+
+    prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {
+        "label": f"{matcher or 'unknown'} (provenance missing)" if not record else str(matcher), "run_id": "?"}
+    print(run_summary(results, args.dataset, prov, subset, split_pairs))
     print(f"wrote {out / 'results.csv'} ({len(results)} rows), {out / 'breakdowns.csv'} ({len(breakdowns)} rows), "
           f"{out / 'per_pair.parquet'} and {out / 'run.json'}")
     return 0

@@ -26,6 +26,34 @@ def _short(value) -> str:
     return text
 
 
+def weight_name(value) -> str:
+    """How a weight is named in every output: a random preset by its name; a local file or folder by
+    its name and the first 7 hex digits of its content's sha256 (``sd15-stack@1a2b3c4``: two folders
+    with the same name but other weights read differently); a hub id as it is."""
+    from pathlib import Path
+
+    text = str(value)
+    if text in RANDOM_WEIGHTS or not text:
+        return text
+    try:
+        path = Path(text).expanduser()
+        if path.is_file():
+            from .fingerprint import _load_memo, file_digest
+
+            return f"{path.name}@{file_digest(path, _load_memo())[:7]}"
+        if path.is_dir():
+            from .fingerprint import folder_fingerprint
+
+            return f"{path.resolve().name}@{folder_fingerprint(path)[:7]}"
+    except OSError:
+        pass  # unreadable: named as given (loading it fails with its own message)
+    return _short(text)
+
+
+def is_local(value) -> bool:
+    return "@" in str(value) and str(value).rsplit("@", 1)[1].isalnum() and len(str(value).rsplit("@", 1)[1]) == 7
+
+
 def weights_of(config: dict) -> dict[str, str]:
     """The weight settings a run used (empty and unused ones left out)."""
     out = {}
@@ -47,11 +75,14 @@ def random_weights(config: dict) -> list[str]:
 
 
 def changed_settings(config: dict, defaults: dict, preset: dict | None = None) -> dict[str, object]:
-    """Settings whose value differs from the method's default, after the named preset's values."""
+    """Settings whose value differs from the method's default, after the named preset's values (weight
+    ids included: a model, DINO, checkpoint or head other than the method's default is a change)."""
     base = {**defaults, **(preset or {})}
     out = {}
     for k, v in config.items():
-        if k in NOT_SETTINGS or k in WEIGHT_FIELDS or k not in base:
+        if k in NOT_SETTINGS or k not in base:
+            continue
+        if k in WEIGHT_FIELDS and v in (None, "") and base.get(k) in (None, ""):
             continue
         d = base[k]
         same = str(v) == str(d) or (isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -62,13 +93,24 @@ def changed_settings(config: dict, defaults: dict, preset: dict | None = None) -
 
 
 def label(method: str, preset: str | None, changed: dict, randoms: list[str], run_id: str = "") -> str:
-    """``dift (t=101; random weights: tiny)`` (the run id is shown apart)."""
-    parts = [f"{k}={_short(v)}" for k, v in sorted(changed.items())]
+    """``dift (t=101; model_id=sd21@1a2b3c4; random weights: tiny)`` (the run id is shown apart)."""
+    parts = [f"{k}={_short(v)}" for k, v in sorted(changed.items()) if k not in WEIGHT_FIELDS]
+    parts += [f"{k}={_short(v)}" for k, v in sorted(changed.items()) if k in WEIGHT_FIELDS and v not in RANDOM_WEIGHTS]
     if preset:
         parts.insert(0, f"preset {preset}")
     if randoms:
         parts.append("random weights: " + ", ".join(randoms))
     return method + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def marks(weights: dict[str, str], randoms: list[str]) -> list[str]:
+    """What a display name can never lose (``--label`` included): random weights, local weights with
+    their content hash, the prompt or head checkpoint."""
+    out = [f"{k}={v}" for k, v in sorted(weights.items())
+           if v not in RANDOM_WEIGHTS and (is_local(v) or k in ("checkpoint", "head", "captioner_ckpt"))]
+    if randoms:
+        out.append("random weights: " + ", ".join(randoms))
+    return out
 
 
 def provenance(name: str, cls, preset: str | None, config, config_hash: str) -> dict:
@@ -81,9 +123,12 @@ def provenance(name: str, cls, preset: str | None, config, config_hash: str) -> 
     presets = getattr(cls, "presets", {}) or {}
     changed = changed_settings(cfg, defaults, presets.get(preset) if preset else None)
     randoms = random_weights(cfg)
-    return {"method": name, "preset": preset, "weights": {k: _short(v) for k, v in weights_of(cfg).items()},
+    weights = {k: weight_name(v) for k, v in weights_of(cfg).items()}
+    changed = {k: (weights.get(k, weight_name(v)) if k in WEIGHT_FIELDS else v) for k, v in changed.items()}
+    return {"method": name, "preset": preset, "weights": weights,
             "random_weights": randoms, "changed": {k: (v if isinstance(v, (int, float, bool)) else str(v))
                                                    for k, v in changed.items()},
+            "marks": marks(weights, randoms),
             "run_id": config_hash[:7], "label": label(name, preset, changed, randoms),
             "default_readout": str(defaults.get("readout", "")).split(",")[0].strip() or None}
 

@@ -243,7 +243,8 @@ def run(args) -> Path:
     t1 = time.perf_counter()
     try:
         predict_shards(matcher, table, todo, batch, Path(args.data_root), shard_path,
-                       progress=not args.quiet and rank == 0, desc=f"{args.matcher} {args.dataset}")
+                       progress=not args.quiet and rank == 0, desc=f"{args.matcher} {args.dataset}",
+                       shard_lines=bool(args.quiet) and rank == 0)
     except BaseException:
         if world == 1 and not any(partial.glob("shard-*.parquet")):  # nothing to resume: leave no empty folder
             import shutil
@@ -324,6 +325,18 @@ def run(args) -> Path:
     return out
 
 
+def _term_as_interrupt() -> None:
+    """SIGTERM (a scheduler's kill) ends a run like Ctrl-C: completed shards kept, a run that has
+    written nothing leaves no folder behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        def _raise(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, _raise)
+
+
 def main(argv: list[str] | None = None) -> int:
     from loaders import DatasetError
 
@@ -333,13 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size == "auto":
         args.batch_size = "0"  # 0: the matcher finds the largest batch that fits
+    from .console import emit
+
     if args.list_matchers:
-        print(list_matchers())
-        return 0
+        return emit(list_matchers())
     try:
         if args.show_config:
-            print(show_config(args))
-            return 0
+            return emit(show_config(args))
+        if __name__ == "__main__":
+            _term_as_interrupt()
         run(args)
     except (RunError, DatasetError, PredictionError, ConfigError, MatcherError, UnknownMatcher, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

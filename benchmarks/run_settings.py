@@ -54,20 +54,40 @@ def show_config(args) -> str:
 
 
 def _with_checkpoint_model(args, overrides: dict, cls) -> dict:
-    """``--checkpoint`` of a training folder or prompt file brings the model ids it was trained with
-    (unless ``--model-id`` / ``--set model_id=`` / ``dino_id=`` say otherwise)."""
+    """``--checkpoint`` (a training folder or prompt file) carries the settings its prompt was trained
+    with that decide the features (model and DINO ids, position rule, image size, layer, and the tiny
+    preset), each said in one line. A user setting that contradicts one is refused before any model
+    loads; other model ids (a local copy or a mirror of the same weights) are allowed, said, and
+    recorded as changes."""
     ckpt = overrides.get("checkpoint")
     fields = getattr(cls.Config, "__dataclass_fields__", {})
     if not ckpt or "checkpoint" not in fields:
         return overrides
-    trained = cls.settings_from_checkpoint(ckpt)  # the matcher knows its checkpoint format
-    out = dict(overrides)
-    for key in ("model_id", "dino_id"):
-        if key in fields and key not in out and trained.get(key):
-            out[key] = trained[key]
-            from .console import say
+    from .console import say
 
-            say(f"--checkpoint {ckpt}: using {key} {trained[key]!r}, the one it was trained with")
+    trained = cls.settings_from_checkpoint(ckpt)  # the matcher knows its checkpoint format
+    preset = trained.get("preset")
+    if preset:
+        if args.preset is None:
+            args.preset = preset
+            say(f"--checkpoint {ckpt}: preset {preset}, the one it was trained with")
+        elif args.preset != preset:
+            raise RunError(f"--preset {args.preset} contradicts --checkpoint {ckpt}, trained with preset {preset}; "
+                           f"drop --preset or pass --preset {preset}")
+    out = dict(overrides)
+    for key, value in trained.items():
+        if key == "preset" or key not in fields:
+            continue
+        if key in out and str(out[key]) != str(value):
+            if key in ("model_id", "dino_id"):
+                say(f"--checkpoint {ckpt}: trained with {key} {value!r}; evaluating with {out[key]!r} as you asked "
+                    "(recorded)")
+                continue
+            raise RunError(f"{key}={out[key]} contradicts --checkpoint {ckpt}, trained with {key}={value}; "
+                           f"drop the setting (the checkpoint brings it)")
+        if key not in out:
+            out[key] = value
+            say(f"--checkpoint {ckpt}: {key} {value!r}, the one it was trained with")
     return out
 
 

@@ -103,13 +103,18 @@ def write_shard(table: pa.Table, path: Path) -> None:
     write_text(_checksum_path(path), file_sha256(path) + "\n")
 
 
-def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, progress: bool, desc: str) -> None:
+def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, progress: bool, desc: str,
+                   shard_lines: bool = False) -> None:
     """Predict the pairs of each (index, start, end) shard in ``todo`` and write each shard atomically.
 
     The next batch's images are read by a background thread while the current batch runs
     (``Matcher.prefetch``), and each batch is submitted before the previous one's results are
     collected (:func:`pipelined`), so the accelerator waits neither on image decoding nor on us.
+    ``progress``: a progress bar; ``shard_lines`` (``--quiet``): one line on standard error per shard
+    written instead.
     """
+    import sys
+    import time
 
     from . import predictions as P
 
@@ -125,6 +130,7 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
             batches.append((idx, [Pair(r, root) for r in rows[b:b + batch]]))
     parts: dict[int, list] = {}
     remaining = {idx: sum(1 for i, _ in batches if i == idx) for idx, _, _ in todo}
+    total, done, t0 = sum(e - s for _, s, e in todo), 0, time.perf_counter()
     for (idx, pairs), preds in pipelined(matcher, batches):
         parts.setdefault(idx, []).append((pairs, preds))
         remaining[idx] -= 1
@@ -137,6 +143,10 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
                 arrs = [a for _, pr in parts[idx] for a in pr[readout]]
                 tables.append(P.make_table(ids, readout, arrs))
             write_shard(pa.concat_tables(tables), shard_path(idx))
+            if shard_lines:
+                done += len(ids)
+                print(f"{desc}: shard {idx} written, {done}/{total} pairs ({time.perf_counter() - t0:.0f} s)",
+                      file=sys.stderr, flush=True)
             del parts[idx]
     if bar:
         bar.close()

@@ -156,14 +156,16 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
         safe_name(dataset, "dataset")
         safe_name(split, "split")
     df = df[[(ds, sp) in set(groups) for ds, sp in zip(df["dataset"], df["split"])]].reset_index(drop=True)
+    # refusals come before anything is written
+    ranked = {(ds, sp): check_pairs(df[(df["dataset"] == ds) & (df["split"] == sp)], ds if sp == "test" else f"{ds}-{sp}",
+                                    mixed_pairs) for ds, sp in groups}
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     figures: list[Path] = []
     for ds, split in groups:
         dataset = ds if split == "test" else f"{ds}-{split}"
         d = df[(df["dataset"] == ds) & (df["split"] == split)]
-        one_set = check_pairs(d, dataset, mixed_pairs)
-        table, cap = C.compact_table(d, ds, alpha, readout, ranked=one_set)
+        table, cap = C.compact_table(d, ds, alpha, readout, ranked=ranked[(ds, split)])
         parts, summary = T.tables(d, dataset, alpha), T.summary_table(d)
         if "md" in formats:
             _write(out, f"{dataset}.md", written, f"# Leaderboard: {dataset}\n\n" + R.to_markdown(table, cap))

@@ -33,6 +33,28 @@ def clean_text(text) -> str:
     return re.sub(r"[\x00-\x1f\x7f]+", " ", str(text)).strip()
 
 
+#: the longest name shown (a label, a method, a note): longer ones are cut with an ellipsis
+MAX_NAME = 160
+
+
+def bounded(text, limit: int = MAX_NAME) -> str:
+    """A name as one line of at most ``limit`` characters (cut with an ellipsis)."""
+    text = clean_text(str(text)[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def check_unique(df: pd.DataFrame, key: list[str], where: str) -> None:
+    """One row per ``key``; a duplicate is a one-line error naming the file and the duplicated key."""
+    key = [k for k in key if k in df.columns]
+    dup = df.duplicated(key, keep="first")
+    if dup.any():
+        i = int(dup.to_numpy().nonzero()[0][0])
+        r = df.iloc[i]
+        shown = ", ".join(f"{k}={bounded(r[k], 40)!s}" for k in key)
+        raise LeaderboardError(f"{where}: row {i + 2} repeats the key ({shown}) of an earlier row; each number must "
+                               "appear once")
+
+
 def safe_name(name: str, where: str) -> str:
     """A dataset name used in output file names: letters, digits, '.', '_' and '-', no leading dot."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", str(name)):
@@ -102,7 +124,11 @@ def read_reported(path: str | Path | None = None) -> pd.DataFrame:
     df["precision"] = df["precision"].fillna("unknown").astype(str) if "precision" in df.columns else "unknown"
     df["tta"] = df["tta"].fillna("none").astype(str) if "tta" in df.columns else "none"
     _validate(df, where)
-    df["run"] = df["run"].map(clean_text)
+    df["run"] = df["run"].map(bounded)
+    df["method"] = df["method"].map(bounded)
+    df["note"] = df["note"].map(lambda v: bounded(v, 400))
+    check_unique(df, ["method", "run", "dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout",
+                      "tta", "precision", "category", "alpha"], where)
     df["weights"] = "published"
     df["random_weights"] = False
     df["partial"] = False
@@ -166,11 +192,15 @@ def read_run(run_dir: str | Path, label: str | None = None) -> pd.DataFrame:
     _validate(df, str(res))
     for name in set(df["dataset"].astype(str)):
         safe_name(name, f"{res}: column 'dataset'")
+    check_unique(df, ["dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout", "direction", "tta", "precision",
+                      "category", "alpha"], str(res))
     record = read_record(run_dir) or {"matcher": str(df["matcher"].iloc[0]) if len(df) else "?"}
     prov = _provenance(record, run_dir / "run.json")
     randoms = list(prov["random_weights"])
-    name = (clean_text(label) + (f" (random weights: {', '.join(randoms)})" if randoms else "")) if label \
-        else clean_text(prov["label"])
+    keep = prov.get("marks") if isinstance(prov.get("marks"), list) else (
+        [f"random weights: {', '.join(randoms)}"] if randoms else [])
+    keep = [clean_text(m) for m in keep if isinstance(m, str)]
+    name = (bounded(label) + (f" ({'; '.join(keep)})" if keep else "")) if label else clean_text(prov["label"])
     df = df.rename(columns={"matcher": "method"})
     df["method"] = name
     df["weights"] = "; ".join(f"{k}={v}" for k, v in sorted(prov["weights"].items())) or "none"
@@ -240,7 +270,7 @@ def parse_labels(items: list[str] | None) -> dict[str, str]:
         run, sep, name = str(item).partition("=")
         if not sep or not run.strip() or not clean_text(name):
             raise LeaderboardError(f"--label takes RUN=NAME (a run folder, then the name to show), got {item!r}")
-        out[run.strip().rstrip("/")] = clean_text(name)
+        out[run.strip().rstrip("/")] = bounded(name)
     return out
 
 

@@ -101,9 +101,15 @@ def load(path: str | Path, *, variant: str, text_width: int, dino_dim: int | Non
     return module, meta
 
 
-def trained_with(path: str | Path) -> dict[str, str]:
-    """The model ids a checkpoint's training used (``model_id``, ``dino_id``), from its metadata;
-    {} for files without a training config (converted reference prompts)."""
+#: training settings that decide the features a prompt was fitted to, carried by ``--checkpoint``
+#: (t and ensemble are not: SD4Match trains at t = 261, ensemble 1 and tests at t = 50, ensemble 8)
+CARRIED = ("model_id", "dino_id", "dino_pos", "image_size", "up_block")
+
+
+def trained_with(path: str | Path) -> dict:
+    """The feature settings a checkpoint's training used (:data:`CARRIED`, and ``preset`` ``tiny`` when
+    it was trained on the tiny random model), from its metadata; {} for files without a training
+    config (converted reference prompts)."""
     _, meta = read(path)
     try:
         config = json.loads(meta.get("config") or "{}")
@@ -111,7 +117,16 @@ def trained_with(path: str | Path) -> dict[str, str]:
         return {}
     if not isinstance(config, dict):
         return {}
-    return {k: str(config[k]) for k in ("model_id", "dino_id") if isinstance(config.get(k), str) and config[k]}
+    out: dict = {}
+    for k in CARRIED:
+        v = config.get(k)
+        if isinstance(v, str) and v:
+            out[k] = v
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out[k] = v
+    if out.get("model_id") == "tiny":
+        out["preset"] = "tiny"
+    return out
 
 
 def text_width_of(model_id: str) -> int | None:

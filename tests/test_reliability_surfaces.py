@@ -271,8 +271,8 @@ def test_same_folder_names_and_hostile_names(run_dir, tmp_path):
     rows = table[2:]
     assert len(rows) == 3 + 1  # the three runs and SD4Match-CPM's published row: nothing injected
     assert all(_cells(line) == _cells(table[0]) for line in rows)
-    ids = {line.split("|")[2].strip() for line in rows[:3]}
-    assert len(ids) == 3  # two folders named "run" with the same settings are told apart
+    names = {line.split("|")[1].strip() for line in rows}
+    assert len(names) == 4  # two folders named "run" with the same settings are told apart (by their run ids)
 
 
 # ----------------------------------------------------------------------------------------------- compare

@@ -230,7 +230,7 @@ def test_alphas_option(spair_root, tmp_path, capsys):
 
 def test_partial_runs_are_marked_everywhere(tmp_path):
     from benchmarks.run import stratified_sample
-    from leaderboard.core import build
+    from leaderboard.core import LeaderboardError, build
 
     root = tmp_path / "spair"
     write_spair_root(root, {"test": 54}, seed=3)
@@ -238,9 +238,10 @@ def test_partial_runs_are_marked_everywhere(tmp_path):
     base = ["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(root), "--quiet"]
     assert run_cli(base + ["--out", str(runs / "full")]) == 0
     assert run_cli(base + ["--out", str(runs / "first"), "--limit", "5"]) == 0
-    assert run_cli(base + ["--out", str(runs / "sampled"), "--sample", "20", "--seed", "3"]) == 0
+    assert run_cli(base + ["--out", str(runs / "sampled"), "--sample", "20", "--sample-seed", "3", "--seed", "5"]) == 0
     full, first, sampled = (pd.read_csv(runs / n / "results.csv") for n in ("full", "first", "sampled"))
     assert set(full.subset) == {"all"} and set(first.subset) == {"first 5"} and set(sampled.subset) == {"sample 20 (seed 3)"}
+    assert json.loads((runs / "sampled" / "run.json").read_text())["sample_seed"] == 3
     assert set(first.split_pairs) == {54}
     assert json.loads((runs / "sampled" / "run.json").read_text())["complete"] is False
     # stratified: every category keeps its share of the split
@@ -250,10 +251,15 @@ def test_partial_runs_are_marked_everywhere(tmp_path):
     assert len(idx) == 20 == len(set(idx)) and idx == sorted(idx) and stratified_sample(cats, 20, 3) == idx
     picked = pd.Series([cats[i] for i in idx]).value_counts()
     assert picked.max() - picked.min() <= 1 and len(picked) == 18
-    written = build([runs / "full", runs / "first", runs / "sampled"], tmp_path / "lb")
+    # runs over different pair sets are refused side by side unless asked, saying what they share
+    with pytest.raises(LeaderboardError, match=r"cover different pairs \(54 and 5, 5 shared; 3 pair sets"):
+        build([runs / "full", runs / "first", runs / "sampled"], tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    written = build([runs / "full", runs / "first", runs / "sampled"], tmp_path / "lb", mixed_pairs=True)
     md = (tmp_path / "lb" / "spair-71k.md").read_text()
     assert "identity [partial: first 5 of 54 pairs]" in md
-    assert "identity (seed=3) [partial: sample 20 (seed 3) of 54 pairs]" in md  # the changed seed is said too
+    assert "identity (seed=5) [partial: sample 20 (seed 3) of 54 pairs]" in md  # the changed seed is said too
+    assert "not ranked" in md and "**" not in md.split("\n\n", 2)[2]
     csv_text = (tmp_path / "lb" / "spair-71k-full.csv").read_text()
     assert "5/54" in csv_text and "54/54" in csv_text
     # categories the first 5 pairs never reach are blank, not 0
@@ -287,7 +293,7 @@ def test_per_pair_table_intervals_and_paired_comparison(spair_root, tmp_path, ca
     # the same predictions compared with themselves: difference 0, interval [0, 0]
     assert lb_cli(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    assert "40 common pairs" in out
+    assert "the same 40 pairs in both" in out
     line = [x for x in out.splitlines() if x.strip().startswith("all")][0].split()
     assert [float(v) for v in line[4:]] == [0.0, 0.0, 0.0]
     assert lb_cli(["compare", str(a), str(tmp_path / "nope")]) == 2

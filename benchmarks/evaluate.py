@@ -288,7 +288,7 @@ def _evaluate_main(args, out: Path, argv) -> int:
         extra: list = []
         results, breakdowns = evaluate_file(args.predictions, args.dataset, args.data_root, args.split,
                                             args.protocol, matcher or "unknown", args.layout, precision,
-                                            parse_alphas(args.alphas) if args.alphas else None, tta, extra)
+                                            parse_alphas(args.alphas) if args.alphas is not None else None, tta, extra)
         per_pair, protos, subset, split_pairs, n_pairs = extra
         from loaders.atomic import write_parquet
 

@@ -162,7 +162,7 @@ def run(args) -> Path:
     loaders.api.check_names(args.dataset, args.split, args.layout)
     args.data_root = loaders.api.ensure_root(args.dataset, args.data_root, args.download)
     cls = registry.load_class(args.matcher)
-    alphas = parse_alphas(args.alphas) if args.alphas else None
+    alphas = parse_alphas(args.alphas) if args.alphas is not None else None
     protocols = protocols_for(args.dataset, args.protocol, alphas) if args.dataset in loaders.READERS else None
     loaders.api.check_names(args.dataset, args.split, args.layout)
     if args.limit is not None and args.limit <= 0:

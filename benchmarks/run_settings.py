@@ -67,27 +67,25 @@ def _with_checkpoint_model(args, overrides: dict, cls) -> dict:
 
     trained = cls.settings_from_checkpoint(ckpt)  # the matcher knows its checkpoint format
     preset = trained.get("preset")
-    if preset:
-        if args.preset is None:
-            args.preset = preset
-            say(f"--checkpoint {ckpt}: preset {preset}, the one it was trained with")
-        elif args.preset != preset:
-            raise RunError(f"--preset {args.preset} contradicts --checkpoint {ckpt}, trained with preset {preset}; "
-                           f"drop --preset or pass --preset {preset}")
+    if preset and args.preset is not None and args.preset != preset:
+        raise RunError(f"--preset {args.preset} contradicts --checkpoint {ckpt}, trained with preset {preset}; "
+                       f"drop --preset or pass --preset {preset}")
+    carried = {k: v for k, v in trained.items() if k != "preset" and k in fields}
     out = dict(overrides)
-    for key, value in trained.items():
-        if key == "preset" or key not in fields:
-            continue
-        if key in out and str(out[key]) != str(value):
-            if key in ("model_id", "dino_id"):
-                say(f"--checkpoint {ckpt}: trained with {key} {value!r}; evaluating with {out[key]!r} as you asked "
-                    "(recorded)")
-                continue
+    for key, value in carried.items():  # every refusal before any line is said
+        if key in out and str(out[key]) != str(value) and key not in ("model_id", "dino_id"):
             raise RunError(f"{key}={out[key]} contradicts --checkpoint {ckpt}, trained with {key}={value}; "
                            f"drop the setting (the checkpoint brings it)")
+    if preset and args.preset is None:
+        args.preset = preset
+        say(f"--checkpoint {ckpt}: using preset {preset}, the one it was trained with")
+    for key, value in carried.items():
         if key not in out:
             out[key] = value
-            say(f"--checkpoint {ckpt}: {key} {value!r}, the one it was trained with")
+            say(f"--checkpoint {ckpt}: using {key} {value!r}, the one it was trained with")
+        elif str(out[key]) != str(value):
+            say(f"--checkpoint {ckpt}: trained with {key} {value!r}; evaluating with {out[key]!r} as you asked "
+                "(recorded)")
     return out
 
 

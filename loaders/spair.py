@@ -99,6 +99,9 @@ def load(root: str | os.PathLike, split: str, layout: str = "large", *, folder: 
     names = read_layout(root, split, layout)
     paths = annotation_files(root, split, names, folder)
     if subset_of_layout:
+        for p in paths:  # an entry that is there but is no regular file (a FIFO, a folder) is never skipped silently
+            if os.path.lexists(p) and not os.path.isfile(p):
+                raise DatasetError(f"{p}: pair annotation is not a regular file")
         kept = [(n, p) for n, p in zip(names, paths) if os.path.isfile(p)]
         if not kept:
             raise DatasetError(f"{Path(root) / folder / split}: no pair annotation of {layout_file(root, split, layout)} there")

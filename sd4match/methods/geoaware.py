@@ -60,6 +60,12 @@ class GeoAwareZeroShotMatcher(SDFrameMatcher):
                                                                   align_corners=False)[0]
         parts = [up(s3), up(s4), up(s5)]
         if self._head is not None:
+            widths = [int(x.shape[0]) for x in parts + [dino]]
+            want = [int(b.conv1.in_channels) for b in self._head.blocks] if hasattr(self._head, "blocks") else widths
+            if widths != want:
+                raise MatcherError(f"{self.config.head}: the head takes inputs of widths {want}, the features of this "
+                                   f"model are {widths} (s3, s4, s5, DINO); a head for the real models needs the real "
+                                   "SD-1.5 and DINOv2-B/14, not the tiny preset")
             return F.normalize(self._head(parts + [dino.float()]), dim=0)
         sd = F.normalize(torch.cat(parts), dim=0)
         return F.normalize(torch.cat([sd, F.normalize(dino.float(), dim=0)]), dim=0)

@@ -94,7 +94,12 @@ def profile(matcher_name: str, preset: str | None, overrides: dict, n_pairs: int
 
     cls = registry.load_class(matcher_name)
     matcher = cls.from_settings(preset, **overrides)
-    lines = [f"matcher {matcher_name} (preset {preset or '-'}): {matcher.description}"]
+    from .provenance import provenance
+
+    label = provenance(matcher_name, cls, preset, matcher.config, "0" * 12)["label"]
+    sets = ", ".join(f"{k}={v}" for k, v in (getattr(cls, "presets", {}) or {}).get(preset, {}).items()) if preset else ""
+    lines = [f"matcher {label}" + (f"; preset {preset} sets {sets}" if sets else ""),
+             f"  the method at its defaults: {matcher.description}"]
     with tempfile.TemporaryDirectory() as d:
         write_spair_root(Path(d), {"test": n_pairs + 1}, seed=7, images=matcher.needs_images)
         table = loaders.load("spair-71k", d, "test", use_cache=False)

@@ -55,7 +55,13 @@ def draw_pair(src_img, trg_img, src_kps, gt_kps, pred_kps, ok, title: str, path:
         ax.plot(p[0] + off, p[1], "o", color=color, markersize=4)
         ax.plot(g[0] + off, g[1], "x", color="white", markersize=6, markeredgewidth=2)
         ax.plot(g[0] + off, g[1], "x", color="black", markersize=5, markeredgewidth=1)
-    ax.set_title(title, fontsize=8)
+    # the title fits the figure: wrapped to its width, plain text (no math parsing)
+    import textwrap
+
+    chars = max(30, int(canvas.shape[1] / 5.2))
+    lines = [w for part in str(title).split("\n") for w in (textwrap.wrap(part, chars) or [""])]
+    fig.set_size_inches(fig.get_size_inches()[0], canvas.shape[0] / 100 + 0.2 + 0.14 * len(lines))
+    ax.set_title("\n".join(lines).replace("$", r"\$"), fontsize=8)
     ax.axis("off")
     from matplotlib.lines import Line2D
 

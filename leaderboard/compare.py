@@ -73,8 +73,13 @@ def _own_readout(record: dict, present: list[str]) -> str | None:
 
 
 def _name(run: Path, record: dict) -> str:
+    """The run's label and folder; a folder re-scored by ``benchmarks.evaluate`` is named by the label of
+    the run whose predictions it re-scored, and says so."""
     prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
     label = prov.get("label") if isinstance(prov.get("label"), str) else record.get("matcher", "?")
+    if record.get("evaluated_from"):
+        src = Path(str(record["evaluated_from"])).parent.name
+        return f"{clean_text(label)} [{clean_text(src)}, re-scored in {Path(run).name}]"
     return f"{clean_text(label)} [{Path(run).name}]"
 
 
@@ -106,7 +111,11 @@ def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str 
     for df, run in ((a, run_a), (b, run_b)):
         d = df[(df["protocol"] == protocol) & np.isclose(df["alpha"], alpha)]
         if d.empty:
-            raise LeaderboardError(f"{run}: no per-pair results for protocol {protocol!r} at alpha {alpha:g}")
+            have = sorted(set(df["protocol"]))
+            hint = (f"; re-score it with python -m benchmarks.evaluate {Path(run) / 'predictions.parquet'} --dataset "
+                    f"{records[run].get('dataset', 'D')} --protocol {protocol}") if protocol not in have else ""
+            raise LeaderboardError(f"{run}: no per-pair results for protocol {protocol!r} at alpha {alpha:g} "
+                                   f"(it has {', '.join(have)}){hint}")
         present = sorted(set(d["readout"]))
         if readout is not None and readout in present:
             r = readout

@@ -282,13 +282,14 @@ def _label_for(d: Path, labels: dict[str, str]) -> str | None:
 
 
 def _is_run(d) -> bool:
-    """True for a run folder; anything else (a failed run's leftovers, a stray file) is skipped with a warning."""
-    import warnings
+    """True for a run folder; anything else (a failed run's leftovers, a stray file) is skipped with one
+    line on standard error."""
+    import sys
 
     d = Path(d)
     if (d / "results.csv").is_file():
         return True
-    warnings.warn(f"{d}: not a run folder (no results.csv); skipped", stacklevel=3)
+    print(f"skipped {clean_text(d)}: not a run folder (no results.csv)", file=sys.stderr)
     return False
 
 

@@ -218,5 +218,6 @@ def to_hf_dataset(table: pa.Table, root: str | os.PathLike | None = None, images
     features["trg_img"] = datasets.Image()
     ds = ds.map(lambda r: {"src_img": read(r["src_image"], "src_image"), "trg_img": read(r["trg_image"], "trg_image")},
                 features=features, desc="embedding images")
-    ds.info.description = f"corrbench pair table with its images embedded (from {base})"
+    # self-contained and shareable: no absolute path of this machine goes into the dataset
+    ds.info.description = f"corrbench pair table with its images embedded (from a dataset folder named {base.name!r})"
     return ds

@@ -241,6 +241,23 @@ def test_geoaware_freeu_rule_is_told_apart(inputs, draws, images):
     m.close()
 
 
+def _sign_aligned(a, b, ref_a, ref_b):
+    """``a``, ``b`` (C, H, W) with each channel's sign set to agree with the reference's."""
+    dot = (a.double() * ref_a.double()).sum(dim=(1, 2)) + (b.double() * ref_b.double()).sum(dim=(1, 2))
+    sign = torch.where(dot < 0, -1.0, 1.0).to(a.dtype)[:, None, None]
+    return a * sign, b * sign
+
+
+def test_sign_alignment_undoes_flipped_components_only():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 4, 4, generator=g), torch.randn(6, 4, 4, generator=g)
+    flip = torch.tensor([1.0, -1, 1, -1, -1, 1])[:, None, None]
+    x, y = _sign_aligned(a * flip, b * flip, a, b)
+    assert torch.equal(x, a) and torch.equal(y, b)
+    x, _ = _sign_aligned(a.flip(0), b.flip(0), a, b)  # other components stay different: a wrong PCA still fails
+    assert not torch.allclose(x, a)
+
+
 def test_sd_dino_joint_pca_and_predictions(sd_dino, images, pair, draws, inputs, monkeypatch):
     from sd4match.methods.sd_dino import co_pca
 
@@ -250,6 +267,9 @@ def test_sd_dino_joint_pca_and_predictions(sd_dino, images, pair, draws, inputs,
         a, b = co_pca(_layers(sd_dino, images, "src"), _layers(sd_dino, images, "trg"), dims, "lowrank",
                       torch.Generator().manual_seed(int(inputs["pca_seed"])))
         assert not left, "the PCA did not draw the recorded matrices"
+    # a principal direction's sign is arbitrary (it follows the SVD's threading): each component is
+    # compared after aligning its sign with the reference's, the same sign for both images (joint PCA)
+    a, b = _sign_aligned(a, b, ref["sddino_src_copca"], ref["sddino_trg_copca"])
     assert_rel(a, ref["sddino_src_copca"], PCA_REL, what="source joint-PCA descriptor")
     assert_rel(b, ref["sddino_trg_copca"], PCA_REL, what="target joint-PCA descriptor")
     with replay_pca(draws, monkeypatch):

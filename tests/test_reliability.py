@@ -675,7 +675,7 @@ def test_atomic_outputs_respect_the_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.csv").stat().st_mode) == 0o644
 
 
-def test_failed_run_leaves_no_empty_folder_and_leaderboard_skips_strays(tmp_path, monkeypatch):
+def test_failed_run_leaves_no_empty_folder_and_leaderboard_skips_strays(tmp_path, monkeypatch, capsys):
     import warnings
 
     from benchmarks.run import main as run_cli
@@ -694,10 +694,12 @@ def test_failed_run_leaves_no_empty_folder_and_leaderboard_skips_strays(tmp_path
     monkeypatch.undo()
     assert not list((tmp_path / "runs" / "failed").glob(".partial-*"))
     good = _identity_run(tmp_path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one clean line, never a Python warning with its source
         board = collect([tmp_path / "runs" / "failed", good])
-    assert any("not a run folder" in str(w.message) for w in caught)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("skipped ") and "not a run folder" in err
     assert {Path(s).name for s in board[board["kind"] == "measured"]["source"]} == {good.name}
     with pytest.raises(LeaderboardError, match="is a folder written by benchmarks.run"):
         collect([tmp_path / "runs" / "failed"])

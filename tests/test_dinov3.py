@@ -51,6 +51,26 @@ def test_processor_arithmetic_order_and_antialias():
     assert torch.allclose(out.mean((1, 2)), grey, atol=1e-3) and out.std((1, 2)).max() < 0.05
 
 
+@pytest.mark.parametrize("src_hw,dst_hw", [((61, 47), (17, 23)), ((50, 64), (31, 27)), ((40, 40), (29, 29))])
+def test_processor_resize_equals_pillows_antialiased_bilinear(src_hw, dst_hw):
+    """An independent computation that antialiasing changes: a high-frequency random image downscaled
+    at non-integer ratios equals Pillow's bilinear reduction (a triangle filter widened by the ratio,
+    computed in float32 mode 'F' per channel), and is far from the same resize without antialias."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(sum(src_hw) * 7 + sum(dst_hw))
+    u8 = torch.randint(0, 256, (3, *src_hw), generator=g, dtype=torch.uint8)
+    out = processor_pixels(u8, dst_hw)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    got = out * std[:, None, None] + mean[:, None, None]  # back to [0, 1] before normalisation
+    want = torch.stack([torch.from_numpy(np.array(
+        Image.fromarray(c.numpy().astype(np.float32) / 255.0, mode="F").resize(dst_hw[::-1], Image.BILINEAR)))
+        for c in u8])
+    assert (got - want).abs().max() <= 1e-4
+    plain = F.interpolate(u8[None].float() / 255, size=dst_hw, mode="bilinear", align_corners=False)[0]
+    assert (plain - want).abs().max() > 0.05  # without antialias the test would fail
+
+
 def test_tokens_drop_class_and_registers_and_use_the_final_norm():
     model = load_dinov3("tiny", 0)
     assert model.config.patch_size == PATCH and model.config.num_register_tokens == 4

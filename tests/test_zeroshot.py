@@ -320,3 +320,44 @@ def test_sd_matchers_run_with_both_test_time_options(name, tmp_path):
         assert all(np.isfinite(x).all() for x in out[r])
     assert m.tta == "flip=adaptive-mnn,mnn" and m.describe()["tta"] == m.tta
     assert any(not np.array_equal(a, b) for r in out for a, b in zip(out[r], plain[r]))
+
+
+def test_freeu_channel_rule_ranks_the_widths_of_any_unet():
+    """Second check of GeoAware's FreeU rule, on a real diffusers UNet whose widths are not SD's: every
+    up-block layer's FreeU call gets the stage of its entering state's width by rank (widest: the
+    1280 stage 0, next: the 640 stage 1, others none), which differs from diffusers' by-block rule
+    exactly where the rule says (a second widest-width block, the first layers of the next block)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.unets import unet_2d_blocks as blocks
+
+    from sd4match.backbones.freeu import ChannelRule, enable
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(24, 48, 96, 96),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16, attention_head_dim=4, norm_num_groups=8).eval()
+    enable(unet, "geoaware")
+    calls = []
+    dispatch = blocks.apply_freeu
+
+    def record(idx, h, r, **f):
+        stage = idx.stage(int(h.shape[1])) if isinstance(idx, ChannelRule) else idx
+        calls.append((int(idx), int(h.shape[1]), stage))
+        return dispatch(idx, h, r, **f)
+
+    blocks.apply_freeu = record
+    try:
+        with torch.no_grad():
+            unet(torch.randn(1, 4, 16, 16), torch.tensor([50]), encoder_hidden_states=torch.randn(1, 3, 16))
+    finally:
+        blocks.apply_freeu = dispatch
+    n_layers = sum(len(b.resnets) for b in unet.up_blocks)
+    assert len(calls) == n_layers  # every up-block layer went through the rule
+    rank = {96: 0, 48: 1}  # the widest width plays 1280, the next one 640, by rank
+    assert all(stage == rank.get(ch) for _, ch, stage in calls), calls
+    by_block = {0: 0, 1: 1}  # diffusers' rule: by up block
+    differs = [(blk, ch) for blk, ch, stage in calls if stage != by_block.get(blk)]
+    assert (1, 96) in differs  # the second widest-width up block: stage 0 here, 1 in diffusers
+    assert any(blk == 2 and ch == 48 for blk, ch in differs)  # the next block's first layers get stage 1

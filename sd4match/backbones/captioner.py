@@ -128,11 +128,15 @@ class Captioner(torch.nn.Module):
         p = next(self.clip.parameters())
         return self.clip(pixel_values=self.clip_input(windows).to(p.device, p.dtype)).image_embeds.float()
 
+    def prefix_embed(self, e: torch.Tensor) -> torch.Tensor:
+        """``clip_project(image_embed)``: ``(N, 77, width)``, what the gate ``tanh(alpha_cond)`` scales."""
+        return F.linear(e, self.clip_project_linear_weight, self.clip_project_linear_bias)[:, None] \
+            + self.clip_project_positional_embedding
+
     def forward(self, windows: torch.Tensor, empty_context: torch.Tensor, text_context: torch.Tensor | None = None):
         """-> (contexts ``(N, 77, width)``, time-embedding additions ``(N, time_dim)``) of the windows."""
         e = self.embed(windows)
-        prefix = F.linear(e, self.clip_project_linear_weight, self.clip_project_linear_bias)[:, None] \
-            + self.clip_project_positional_embedding
+        prefix = self.prefix_embed(e)
         if text_context is None:
             ctx = empty_context.float()[None] + torch.tanh(self.alpha_cond) * prefix
         else:

@@ -446,6 +446,7 @@ def test_leaderboard_non_numeric(tmp_path, capsys, col, value, match):
     res[col] = res[col].astype(object)
     res.loc[3, col] = value
     res.to_csv(run / "results.csv", index=False)
+    capsys.readouterr()  # the run's own lines
     assert main(["build", str(run), "--out", str(tmp_path / "lb")]) == 2
     err = capsys.readouterr().err
     assert pytest.importorskip("re").search(match, err) and err.count("\n") == 1

@@ -183,7 +183,7 @@ def test_cache_resume_and_identical_predictions(tmp_path):
     info = json.loads((tmp_path / "o" / "run.json").read_text())["matcher_info"]
     assert info["extracted"] == 3 and info["cache_hits"] == 0
     assert len(list((cache / "dift").rglob("*.pt"))) == 3 and len(list((cache / "vae").rglob("*.pt"))) == 3
-    assert _run(tmp_path, "--cache-dir", str(cache)) == 0
+    assert _run(tmp_path, "--cache-dir", str(cache), "--overwrite") == 0  # a finished run is replaced only when asked
     info = json.loads((tmp_path / "o" / "run.json").read_text())["matcher_info"]
     assert info["extracted"] == 0 and info["cache_hits"] == 3
     assert pq.read_table(tmp_path / "o" / "predictions.parquet").equals(first)
@@ -202,26 +202,27 @@ def test_bad_settings():
 
 
 def test_compiled_unet_blocks_match_eager():
-    """``--set compile=true``: the truncated UNet under torch.compile gives the eager features."""
+    """``--set compile=true``: the truncated UNet under torch.compile gives the eager features. A run
+    pads every batch to the compiled batch (one static graph per run), so one graph is compiled here,
+    as in a run: a partial batch is padded, the padding dropped."""
     eager = SDFeaturizer(load_components("tiny", seed=0))
     compiled = SDFeaturizer(load_components("tiny", seed=0), compile=True)
     torch.manual_seed(0)
     noisy, t = torch.randn(2, 4, 32, 32), torch.tensor([261, 261])
     ctx = eager.encode_text(["a photo of a cat", "a photo of a dog"])
     ref = eager.unet_features(noisy, t, ctx)
-    out = compiled.unet_features(noisy, t, ctx)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
-
-    # a partial batch is padded to the compiled batch (one static graph per run), padding dropped
     sizes = []
     hook = compiled.c.unet.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
     compiled.pad_to = 5
-    padded = compiled.unet_features(noisy, t, ctx)
-    assert sizes == [5] and padded.shape == ref.shape
-    torch.testing.assert_close(padded, ref, rtol=1e-4, atol=1e-5)
+    out = compiled.unet_features(noisy, t, ctx)
+    assert sizes == [5] and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    again = compiled.unet_features(noisy[:1], t[:1], ctx[:1])  # another partial batch: the same graph
+    assert sizes == [5, 5]
+    torch.testing.assert_close(again, ref[:1], rtol=1e-4, atol=1e-5)
     with compiled.eager():  # FLOP counting and batch probes: eager, unpadded
         torch.testing.assert_close(compiled.unet_features(noisy, t, ctx), ref, rtol=1e-4, atol=1e-5)
-    assert sizes == [5, 2]
+    assert sizes == [5, 5, 2]
     hook.remove()
 
 

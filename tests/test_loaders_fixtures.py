@@ -246,8 +246,10 @@ def test_hf_export(tmp_path):
     assert ds.column_names == list(schema.COLUMNS)
     # self-contained: the images travel with the table; saved and reloaded without the root
     full = loaders.to_hf_dataset(table, tmp_path, images=True)
-    assert str(tmp_path.resolve()) in full.info.description
+    assert str(tmp_path.resolve()) not in full.info.description and tmp_path.name in full.info.description
     full.save_to_disk(str(tmp_path / "hf"))
+    saved = b"".join(p.read_bytes() for p in (tmp_path / "hf").rglob("*") if p.is_file())
+    assert str(tmp_path.resolve()).encode() not in saved  # no absolute path of this machine travels with it
     import datasets
 
     again = datasets.load_from_disk(str(tmp_path / "hf"))

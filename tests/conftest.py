@@ -5,6 +5,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one math thread each (set before any test module imports torch);
+    # .ci/run runs the golden tests again in one process on the machine's threads
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 SHARED_DATA = Path(os.environ.get("CORRBENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 

@@ -1,4 +1,4 @@
-"""The README's Python API block, run as written (from the repository root, on real PF-Willow)."""
+"""The Python API block of docs/running.md, run as written (from the repository root, on real PF-Willow)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_readme_python_block_runs_as_written(monkeypatch, capsys):
     shared("PF-WILLOW")
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "running.md").read_text()
     block = re.search(r"## Python API.*?```python\n(.*?)```", text, re.S).group(1)
     monkeypatch.chdir(ROOT)
     if not (ROOT.parent / "shared").exists():  # the block names ../shared/data as the README's main job does
         block = block.replace("../shared/data", os.environ.get("CORRBENCH_SHARED_DATA", "../shared/data"))
     scope: dict = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/running.md", "exec"), scope)
     df = scope["df"]
     assert {"readout", "alpha", "pck", "ci_low", "ci_high", "protocol"} <= set(df.columns)
     assert set(df.readout) == {"nn", "kernel-soft-argmax"} and set(df.protocol) == {"sd4match"}

@@ -146,6 +146,8 @@ def test_profile_command(capsys):
 
     assert profile_cli(["--matcher", "dift", "--preset", "tiny", "--pairs", "3"]) == 0
     out = capsys.readouterr().out
+    # the preset it ran is described, not only the method's defaults
+    assert out.startswith("matcher dift (preset tiny; random weights: tiny); preset tiny sets model_id=tiny")
     assert "FLOPs per image:" in out and "images/s for features" in out and "of peak" in out
     assert "projected SPair-71k test split (12234 pairs, 481 images)" in out
     flops = float(out.split("FLOPs per image: ")[1].split(" GFLOP")[0].replace(",", ""))

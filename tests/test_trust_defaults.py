@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -336,3 +337,38 @@ def test_spair_u_annotation_that_is_not_a_file_is_named(tmp_path):
     os.mkfifo(folder / f"{names[1]}.json")
     with pytest.raises(DatasetError, match="is not a regular file"):
         load(root, "test")
+
+
+def test_a_real_width_head_on_the_tiny_preset_is_one_line(willow, tmp_path, capsys):
+    import torch
+
+    from sd4match.methods.geoaware_head import AggregationHead
+
+    head = tmp_path / "head.pth"
+    torch.save(AggregationHead().state_dict(), head)  # the real widths: [640, 1280, 1280, 768]
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "geoaware-zs", "--preset", "tiny", "--set", f"head={head}", "--dataset", "pf-willow",
+                    "--data-root", str(willow), "--out", str(out), "--quiet", "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("error: ")
+    err = err.splitlines()[-1]
+    assert not out.exists() and "the head takes inputs of widths [640, 1280, 1280, 768]" in err and "tiny preset" in err
+
+
+def test_visualize_fits_a_long_title(patch_run, spair, tmp_path):
+    from PIL import Image
+
+    from benchmarks.visualize import main as vis_cli
+
+    run = _copy(patch_run, tmp_path / "r")
+    rec = json.loads((run / "run.json").read_text())
+    rec["provenance"]["label"] = "a very long method label with $math$ " * 6
+    (run / "run.json").write_text(json.dumps(rec))
+    assert vis_cli([str(run), "--data-root", str(spair), "--pairs", "1", "--out", str(tmp_path / "vis")]) == 0
+    png = next((tmp_path / "vis").glob("*.png"))
+    with Image.open(png) as im:
+        w, h = im.size
+        top = np.asarray(im.convert("L"))[: h // 6]
+    assert w < 3000  # the title wraps instead of widening the figure
+    cols = np.nonzero((top < 128).any(axis=0))[0]
+    assert len(cols) and cols.min() > 0 and cols.max() < w - 1  # no title text cut at the figure's edges

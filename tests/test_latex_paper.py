@@ -17,8 +17,6 @@ import subprocess
 import pandas as pd
 import pytest
 
-from leaderboard.__main__ import main as lb_cli
-
 PAPER = r"""\documentclass[twocolumn]{article}
 \usepackage[T1]{fontenc}
 \usepackage[utf8]{inputenc}

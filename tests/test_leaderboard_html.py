@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 
-
 def _browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")

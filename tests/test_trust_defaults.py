@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from benchmarks.run import main as run_cli
 from leaderboard.__main__ import main as lb_cli
@@ -372,3 +374,30 @@ def test_visualize_fits_a_long_title(patch_run, spair, tmp_path):
     assert w < 3000  # the title wraps instead of widening the figure
     cols = np.nonzero((top < 128).any(axis=0))[0]
     assert len(cols) and cols.min() > 0 and cols.max() < w - 1  # no title text cut at the figure's edges
+
+
+@pytest.fixture(scope="module")
+def board_rows(patch_run):
+    from leaderboard.core import collect
+
+    return collect([patch_run])
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.one_of(st.text(alphabet=list("<>&!-/\"' scriptSCRIPT=()\\u2028$"), min_size=1, max_size=40),
+                      st.sampled_from(["<!--<script>document.title='x'</script>", "</script><script>alert(1)</script>",
+                                       "<!--", "a & b > c", "<![CDATA[", "\\u2028</SCRIPT >"])))
+def test_html_page_carries_any_name_as_data(board_rows, name):
+    """Any text in a method name, a run id or a note reaches the page inside its JSON only as data:
+    no '<', '>' or '&' in the embedded element, and the rows parse back to the same text."""
+    from leaderboard.html import page
+
+    df = board_rows.copy()
+    df["method"] = name
+    df["note"] = name
+    html = page(df, [], readout=name)
+    blob = html.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert not set(blob) & set("<>&")
+    rows = json.loads(blob)
+    assert rows and all(r["method"] == name for r in rows)
+    assert html.count("<script") == 3  # data, main, the page's own script: nothing injected

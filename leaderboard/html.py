@@ -161,7 +161,8 @@ function render() {
 for (const id of ['f-dataset', 'f-protocol', 'f-alpha']) $(id).addEventListener('change', () => { refreshChoices(); render(); });
 for (const id of ['f-readout', 'f-tta', 'f-precision', 'hide-partial', 'hide-reported', 'hide-random'])
   $(id).addEventListener('change', render);
-$('hide-partial').checked = true;  // full runs first; partial rows one click away
+// full runs first, partial rows one click away; when every measured run is partial, they are the view
+$('hide-partial').checked = ROWS.some(r => r.kind === 'measured' && !r.partial);
 refreshChoices(true); render();
 """
 

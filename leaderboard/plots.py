@@ -83,9 +83,17 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
     plt.rcParams["svg.hashsalt"] = "corrbench"  # stable ids: the same inputs give the same SVG bytes
     colors = plt.get_cmap("tab10").colors
     written = []
+    # every preset that computes a protocol table names it (dift and original share their tables)
+    names = {k: ", ".join(sorted(set(g["protocol"].astype(str)))) for k, g in
+             df.groupby(["frame", "threshold", "aggregate"], sort=True)} if not df.empty else {}
     d = headline(df, alpha, all_readouts, readout)
     d = pd.concat([_dedupe(g) for _, g in d.groupby(["frame", "threshold", "aggregate"], sort=True)]) if not d.empty else d
     groups = list(d[d["category"] == WHOLE].groupby(["frame", "threshold", "aggregate"], sort=True))
+    if groups and "dataset" in df.columns:  # the main protocol (the compact table's) is the first panel
+        from .compact import main_protocol
+
+        main = main_protocol(df, str(df["dataset"].iloc[0]))[0]
+        groups.sort(key=lambda kv: tuple(kv[0]) != tuple(main))
     series = sorted({k for _, g in groups for k, _ in g.groupby(LINE, sort=True)})
     index = {k: i for i, k in enumerate(series)}  # one style per series across all panels
     n = max(1, len(groups))
@@ -96,7 +104,7 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
         ax.set_visible(False)
     handles = {}
     for ax, ((frame, threshold, aggregate), g) in zip(axes.flat, groups):
-        presets = ", ".join(sorted(set(g["protocol"].astype(str))))
+        presets = names.get((frame, threshold, aggregate)) or ", ".join(sorted(set(g["protocol"].astype(str))))
         for key, h in g.groupby(LINE, sort=True):
             h = h.sort_values("alpha")
             color, marker, _ = style(index[key], colors)
@@ -126,7 +134,7 @@ def plots(df: pd.DataFrame, dataset: str, out: Path, alpha: float = 0.1, all_rea
             proto = max(c.groupby(["frame", "threshold", "aggregate"], sort=True),
                         key=lambda kv: kv[1][["kind", "method", "run"]].drop_duplicates().shape[0])[0]
         c = c[(c["frame"] == proto[0]) & (c["threshold"] == proto[1]) & (c["aggregate"] == proto[2])]
-        presets = ", ".join(sorted(set(c["protocol"].astype(str))))
+        presets = names.get(tuple(proto)) or ", ".join(sorted(set(c["protocol"].astype(str))))
         cats = sorted(set(c["category"]))
         bars = list(c.groupby(LINE, sort=True))
         fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(cats) * max(1, len(bars)) ** 0.5 + 3), 4.2))

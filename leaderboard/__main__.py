@@ -45,13 +45,52 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=_alpha, default=0.1)
     c.add_argument("--shared-pairs", dest="shared_pairs", action="store_true",
                    help="compare runs that evaluated different pairs on the pairs they share")
+    k = sub.add_parser("pack", help="write a run's result bundle (one portable, verifiable file)")
+    k.add_argument("run", type=Path)
+    k.add_argument("--out", required=True, type=Path, help="NAME.corrbench.zip")
+    k.add_argument("--data-root", dest="data_root", type=Path, default=None,
+                   help="the dataset root the run read (default: the one run.json records)")
+    v = sub.add_parser("verify", help="re-score bundles or run folders against your copy of the dataset")
+    v.add_argument("sources", nargs="+", type=Path, help="NAME.corrbench.zip files or run folders")
+    v.add_argument("--data-root", dest="data_root", type=Path, required=True)
     return p
+
+
+def _pack(args) -> int:
+    from .bundle import pack
+
+    out = pack(args.run, args.out, args.data_root)
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
+def _verify(args) -> int:
+    from .bundle import verify
+
+    for path in args.sources:
+        src, diff = verify(path, args.data_root)
+        if diff:
+            print(f"DIFFERS: {path} (run {src.run_id}): {diff}")
+            return 1
+        print(f"verified: {path} (run {src.run_id}): every number of results.csv and per_pair.parquet follows from its "
+              f"predictions and {args.data_root}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .core import LeaderboardError, build, parse_labels, read_reported
 
+    if args.command in ("pack", "verify"):
+        try:
+            return _pack(args) if args.command == "pack" else _verify(args)
+        except LeaderboardError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"error: {getattr(exc, 'filename', None) or 'output'}: cannot write ({exc.strerror or exc})",
+                  file=sys.stderr)
+            return 2
     if args.command == "compare":
         from .compare import compare
 

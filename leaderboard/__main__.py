@@ -22,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m leaderboard")
     sub = p.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build leaderboards from run folders")
-    b.add_argument("runs", nargs="+", type=Path, help="folders written by python -m benchmarks.run")
+    b.add_argument("runs", nargs="+", type=Path, help="folders written by python -m benchmarks.run, or result bundles "
+                                                       "(NAME.corrbench.zip, written by pack)")
+    b.add_argument("--verify", action="store_true",
+                   help="re-score every run and bundle against --data-root first; rows then read 'verified'")
+    b.add_argument("--data-root", dest="data_root", type=Path, default=None, help="the dataset copy --verify uses")
     b.add_argument("--out", required=True, type=Path)
     b.add_argument("--reported", type=Path, default=None, help="CSV of published numbers (default: the bundled one)")
     b.add_argument("--format", default="md,csv", help="comma-separated: md, csv, tex, html (default md,csv)")
@@ -54,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("sources", nargs="+", type=Path, help="NAME.corrbench.zip files or run folders")
     v.add_argument("--data-root", dest="data_root", type=Path, required=True)
     return p
+
+
+def _verify_root(args):
+    from .core import LeaderboardError
+
+    if args.verify and args.data_root is None:
+        raise LeaderboardError("--verify needs --data-root (the dataset copy to re-score against)")
+    if args.data_root is not None and not args.verify:
+        raise LeaderboardError("--data-root is for --verify; add --verify to re-score the runs")
+    return args.data_root if args.verify else None
 
 
 def _pack(args) -> int:
@@ -110,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         if not figs or any(f not in ("png", "pdf", "svg") for f in figs):
             raise LeaderboardError(f"--figures takes a comma-separated subset of png, pdf, svg, got {args.figures!r}")
         written = build(args.runs, args.out, reported, formats, args.alpha, args.plot_readouts,
-                        parse_labels(args.label), figs, readout=args.readout, mixed_pairs=args.mixed_pairs)
+                        parse_labels(args.label), figs, readout=args.readout, mixed_pairs=args.mixed_pairs,
+                        verify_root=_verify_root(args))
     except (LeaderboardError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -154,7 +154,8 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
         kind, method, precision, tta, run = ident
         ro = str(h["readout"].iloc[0]) + (" *" if readout == "best" and kind == "measured" else "")
         row = {"Method": method + (" [reported]" if kind == "reported" else ""), "_run": run if kind == "measured" else "",
-               "Readout": ro, "TTA": tta, "Precision": precision}
+               "Readout": ro, "TTA": tta, "Precision": precision,
+               "Status": str(h["status"].iloc[0]) if "status" in h.columns and str(h["status"].iloc[0]) else kind}
         for a in alphas:
             r = h[(h["alpha"] - a).abs() < 1e-9]
             row[f"PCK@{a:g}"] = Cell(float(r["pck"].iloc[0]) * 100, _half(r.iloc[0])) if len(r) else Cell(None)
@@ -165,7 +166,7 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
     score = lambda r: -r[main].value if main in r and r[main].value is not None else float("inf")  # noqa: E731
     rows.sort(key=lambda r: (score(r), r["Method"]))
     table = pd.DataFrame(rows).drop(columns="_run", errors="ignore")
-    table, said = _drop_constant(table, ["Readout", "TTA", "Precision", "Pairs"])
+    table, said = _drop_constant(table, ["Readout", "TTA", "Precision", "Pairs", "Status"])
     if not table.empty and ranked:
         mark_best(table[[c for c in table.columns if c.startswith("PCK@")]])
     split = ", ".join(sorted(set(g["split"].astype(str)))) or "?"
@@ -174,7 +175,8 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
            + (f"; all rows: {', '.join(said)}" if said else "") + "; sorted by "
            f"{main}; ± is the half-width of the 95% bootstrap interval over pairs (– when undefined); "
            + ("best value in bold when unique" if ranked else "rows cover different pair sets: not ranked, no bold")
-           + "; [reported] rows are published numbers, not measured here.")
+           + "; status: verified = re-scored here from the run's predictions and this dataset copy, unverified = "
+           "numbers as their run claims, reported = a paper's number, not measured here.")
     return table, cap
 
 

@@ -55,7 +55,7 @@ def wide(df: pd.DataFrame) -> pd.DataFrame:
     alphas = sorted(set(d["alpha"]))
     order = [_col_name(c, a) for a in alphas for c in [WHOLE, *cats] if _col_name(c, a) in table.columns]
     table = table[order].reset_index()
-    extra = d.groupby(KEY, sort=True)[["note", "weights", "random_weights", "source"]].first().reset_index()
+    extra = d.groupby(KEY, sort=True)[["note", "weights", "random_weights", "source", "status"]].first().reset_index()
     table = table.merge(extra, on=KEY, how="left")
     cover = d[d["category"] == WHOLE].groupby(KEY, sort=True)[["n_pairs", "split_pairs"]].first().reset_index()
     cover["pairs"] = [("published" if pd.isna(n) else f"{int(n)}/{'?' if pd.isna(t) else int(t)}")
@@ -126,7 +126,7 @@ def check_pairs(d: pd.DataFrame, dataset: str, mixed_pairs: bool) -> bool:
 def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | None = None,
           formats: tuple[str, ...] = ("md", "csv"), alpha: float = 0.1, all_readouts: bool = False,
           labels: dict[str, str] | None = None, figure_formats: tuple[str, ...] | None = None,
-          readout: str = "own", mixed_pairs: bool = False) -> list[Path]:
+          readout: str = "own", mixed_pairs: bool = False, verify_root: str | Path | None = None) -> list[Path]:
     """Write every output for the runs (see the module docstring); returns the paths written.
 
     ``readout``: ``own`` (each method's own readout, the default), ``best`` (chosen on the test split,
@@ -149,7 +149,7 @@ def build(run_dirs: list[str | Path], out: str | Path, reported: pd.DataFrame | 
     if out.exists() and not out.is_dir():
         raise LeaderboardError(f"{out}: --out is a file, not a folder")
     readout = C.check_readout_mode(readout)
-    df = collect(run_dirs, reported, labels)
+    df = collect(run_dirs, reported, labels, verify_root)
     # one leaderboard per dataset and split (a split other than test is named in the file names)
     groups = sorted(set(zip(df.loc[df["kind"] == "measured", "dataset"], df.loc[df["kind"] == "measured", "split"])))
     for dataset, split in groups:

@@ -33,6 +33,13 @@ SCRIPT = r"""
 const ROWS = JSON.parse(document.getElementById('data').textContent);
 const MAIN = JSON.parse(document.getElementById('main').textContent);
 const $ = id => document.getElementById(id);
+const PROV = JSON.parse(document.getElementById('prov').textContent);
+for (const [i, p] of PROV.entries()) {  // one block per measured run: what made it, as text
+  const d = document.createElement('details'); d.id = 'prov-' + i;
+  const s = document.createElement('summary'); s.textContent = p.run + ': ' + p.label + ' (' + p.status + ')';
+  const pre = document.createElement('pre'); pre.textContent = JSON.stringify(p.record, null, 2);
+  d.appendChild(s); d.appendChild(pre); $('provenance').appendChild(d);
+}
 const uniq = (xs) => [...new Set(xs)];
 let sortKey = 'All', sortDir = -1;
 function fill(sel, values, withAll) {
@@ -53,6 +60,7 @@ function fillReadout(sel, names, first) {
 function current() {
   return {dataset: $('f-dataset').value, table: $('f-protocol').value, alpha: $('f-alpha').value,
           readout: $('f-readout').value, tta: $('f-tta').value, precision: $('f-precision').value,
+          status: $('f-status').value,
           hidePartial: $('hide-partial').checked, hideReported: $('hide-reported').checked, hideRandom: $('hide-random').checked};
 }
 function refreshChoices(first) {
@@ -69,11 +77,12 @@ function refreshChoices(first) {
   fillReadout($('f-readout'), uniq(pt.map(r => r.readout)).sort(), first);
   fill($('f-tta'), uniq(pt.map(r => r.tta)).sort(), true);
   fill($('f-precision'), uniq(pt.map(r => r.precision)).sort(), true);
+  fill($('f-status'), uniq(pt.map(r => r.status)).sort(), true);
 }
 function selected() {
   const c = current();
   let rows = ROWS.filter(r => r.dataset === c.dataset && r.table === c.table && String(r.alpha) === c.alpha
-    && (!c.tta || r.tta === c.tta) && (!c.precision || r.precision === c.precision)
+    && (!c.tta || r.tta === c.tta) && (!c.precision || r.precision === c.precision) && (!c.status || r.status === c.status)
     && !(c.hidePartial && r.partial) && !(c.hideReported && r.kind === 'reported') && !(c.hideRandom && r.random));
   const ident = r => [r.kind, r.method, r.run, r.tta, r.precision].join('\u0001');
   if (c.readout === 'own') {
@@ -97,15 +106,16 @@ function render() {
     const id = [r.kind, r.method, r.run, r.readout, r.tta, r.precision].join('\u0001');
     if (!groups.has(id)) groups.set(id, {Method: r.method + (r.kind === 'reported' ? ' [reported]' : ''), Kind: r.kind,
       Run: r.run, Readout: r.readout + (current().readout === 'best' && r.kind === 'measured' ? ' *' : ''), TTA: r.tta,
-      Precision: r.precision, Pairs: r.pairs, Weights: r.weights, partial: r.partial, random: r.random, cats: {}});
+      Precision: r.precision, Pairs: r.pairs, Status: r.status, Weights: r.weights, partial: r.partial, random: r.random,
+      prov: r.prov, cats: {}});
     const g = groups.get(id);
     if (r.category === 'all') { g.All = r.pck; g.lo = r.ci_low; g.hi = r.ci_high; } else { g.cats[r.category] = r.pck; }
   }
   const cats = uniq(rows.filter(r => r.category !== 'all').map(r => r.category)).sort();
   const data = [...groups.values()];
   // a column holding one value on every row is said in the caption, not repeated
-  const same = ['TTA', 'Precision', 'Pairs'].filter(k => data.length > 1 && uniq(data.map(g => g[k])).length === 1);
-  const cols = ['Method', 'Run', 'Readout', 'TTA', 'Precision', 'Pairs', 'All', ...cats].filter(k => !same.includes(k));
+  const same = ['TTA', 'Precision', 'Pairs', 'Status'].filter(k => data.length > 1 && uniq(data.map(g => g[k])).length === 1);
+  const cols = ['Method', 'Run', 'Readout', 'TTA', 'Precision', 'Pairs', 'Status', 'All', ...cats].filter(k => !same.includes(k));
   const val = (g, k) => (k in g ? g[k] : g.cats[k]);
   data.sort((a, b) => {
     const x = val(a, sortKey), y = val(b, sortKey);
@@ -124,7 +134,7 @@ function render() {
   const hr = thead.insertRow();
   for (const k of cols) {
     const th = document.createElement('th'); th.textContent = k + (k === sortKey ? (sortDir < 0 ? ' \u25bc' : ' \u25b2') : '');
-    th.dataset.key = k; if (['Method', 'Kind', 'Run', 'Readout', 'TTA', 'Precision', 'Pairs'].includes(k)) th.className = 'text';
+    th.dataset.key = k; if (['Method', 'Kind', 'Run', 'Readout', 'TTA', 'Precision', 'Pairs', 'Status'].includes(k)) th.className = 'text';
     th.addEventListener('click', () => { if (sortKey === k) sortDir = -sortDir; else { sortKey = k; sortDir = ['All', ...cats].includes(k) ? -1 : 1; } render(); });
     hr.appendChild(th);
   }
@@ -142,6 +152,9 @@ function render() {
           s.textContent = ' \u00b1 ' + (50 * (g.hi - g.lo)).toFixed(1);
           td.title = '95% interval [' + (100 * g.lo).toFixed(1) + ', ' + (100 * g.hi).toFixed(1) + ']'; td.appendChild(s);
         }
+      } else if (k === 'Run' && g.Kind === 'measured' && Number.isInteger(g.prov)) {
+        const a = document.createElement('a'); a.href = '#prov-' + g.prov; a.textContent = String(v);
+        a.title = 'what made this run'; td.appendChild(a); td.className = 'text';
       } else { td.textContent = v === undefined || v === null ? '\u2013' : String(v); td.className = 'text'; }
     }
   }
@@ -189,6 +202,7 @@ def records(d: pd.DataFrame) -> list[dict]:
                         "pck": num(r.pck), "ci_low": num(r.ci_low), "ci_high": num(r.ci_high),
                         "partial": bool(r.partial), "random": bool(r.random_weights), "weights": str(r.weights),
                         "own": own_flags.get((r.kind, r.method, r.run, r.tta, r.precision)) == r.readout,
+                        "status": str(r.status) or str(r.kind), "source": str(r.source),
                         "pairs": "published" if pd.isna(n) else f"{int(n)}/{'?' if pd.isna(t) else int(t)}"})
     return out
 
@@ -207,8 +221,16 @@ def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboa
     from html import escape
 
     from .compact import main_protocol
+    from .runs import PROVENANCE
 
-    blob = embed(records(d))
+    meas = d[d["kind"] == "measured"].drop_duplicates("source")
+    index = {str(r.source): i for i, r in enumerate(meas.itertuples(index=False))}
+    rows = records(d)
+    for r in rows:  # rows point at their run's provenance block; no local path goes into the page
+        r["prov"] = index.get(r.pop("source"))
+    blob = embed(rows)
+    prov_blob = embed([{"run": str(r.run), "label": str(r.method), "status": str(r.status),
+                        "record": PROVENANCE.get(str(r.source), {})} for r in meas.itertuples(index=False)])
     main = {}
     for ds, split in sorted(set(zip(d["dataset"], d["split"]))):
         key, _, _ = main_protocol(d[d["split"] == split], ds)
@@ -224,7 +246,7 @@ def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboa
     n_runs = d.loc[d["kind"] == "measured", "source"].nunique()
     controls = "".join(f'<label>{lab} <select id="f-{k}"></select></label>' for k, lab in
                        [("dataset", "Dataset"), ("protocol", "Protocol table"), ("alpha", "alpha"), ("readout", "Readout"),
-                        ("tta", "TTA"), ("precision", "Precision")])
+                        ("tta", "TTA"), ("precision", "Precision"), ("status", "Status")])
     toggles = "".join(f'<label><input type="checkbox" id="hide-{k}"> hide {lab}</label>' for k, lab in
                       [("partial", "partial runs"), ("reported", "reported rows"), ("random", "random-weight rows")])
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -235,5 +257,10 @@ def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboa
             f'<div id="controls">{controls}{toggles}<span id="count"></span></div>'
             '<p id="caption"></p><p id="empty"></p><table id="board"><thead></thead><tbody></tbody></table>'
             f"<h2>Figures</h2>{''.join(figs)}"
+            "<h2>Provenance</h2><p>What made each measured run (its run.json: settings, weights and their hashes, "
+            "versions, coverage). Status: verified = re-scored here from its predictions and a dataset copy "
+            "(that proves the numbers follow from the predictions, not that the predictions came from the stated "
+            "model); unverified = as its run claims; reported = a paper's number.</p><div id=\"provenance\"></div>"
             f'<script id="data" type="application/json">{blob}</script>'
-            f'<script id="main" type="application/json">{main_blob}</script><script>const DEFAULT_READOUT = {embed(readout)};{SCRIPT}</script></body></html>\n')
+            f'<script id="main" type="application/json">{main_blob}</script>'
+            f'<script id="prov" type="application/json">{prov_blob}</script><script>const DEFAULT_READOUT = {embed(readout)};{SCRIPT}</script></body></html>\n')

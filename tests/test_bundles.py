@@ -191,3 +191,59 @@ def test_pack_refuses_what_it_cannot_make_portable(made, tmp_path, capsys):
                    str(tmp_path / "nowhere")]) == 2
     assert "is not here; pass --data-root" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.zip"))
+
+
+def test_the_leaderboard_takes_bundles_and_marks_what_it_verified(made, tmp_path, capsys):
+    out = tmp_path / "lb"
+    assert lb_cli(["build", str(made["bundle"]), "--out", str(out), "--format", "md,csv"]) == 0
+    md = (out / "pf-willow.md").read_text()
+    wide = pd.read_csv(out / "pf-willow-wide.csv")
+    assert set(wide[wide.kind == "measured"].status) == {"unverified"}
+    assert "status unverified" in md or "unverified" in md
+    assert lb_cli(["build", str(made["bundle"]), "--out", str(tmp_path / "v"), "--format", "md,csv", "--verify",
+                   "--data-root", str(made["root"])]) == 0
+    wide = pd.read_csv(tmp_path / "v" / "pf-willow-wide.csv")
+    assert set(wide[wide.kind == "measured"].status) == {"verified"}
+    assert set(wide[wide.kind == "reported"].status) <= {"reported"}
+    # a bundle whose numbers do not follow from its predictions is refused by --verify
+    members = read_bundle(made["bundle"])
+    df = pd.read_csv(io.BytesIO(members["results.csv"]), dtype={"category": str})
+    df.loc[0, "pck"] = min(1.0, df.loc[0, "pck"] + 0.1)
+    members["results.csv"] = df.to_csv(index=False).encode()
+    forged = _write(tmp_path / "forged.corrbench.zip", members)
+    capsys.readouterr()
+    assert lb_cli(["build", str(forged), "--out", str(tmp_path / "f"), "--verify", "--data-root", str(made["root"])]) == 2
+    assert "does not verify" in capsys.readouterr().err and not (tmp_path / "f").exists()
+    # two bundles with one run id and different numbers: both shown, flagged, never merged
+    assert lb_cli(["build", str(made["bundle"]), str(forged), "--out", str(tmp_path / "c"), "--format", "csv"]) == 0
+    assert "conflict:" in capsys.readouterr().err
+    wide = pd.read_csv(tmp_path / "c" / "pf-willow-wide.csv")
+    meas = wide[wide.kind == "measured"]
+    assert set(meas.status) == {"conflict"} and meas.run.nunique() == 2
+    assert lb_cli(["build", str(made["bundle"]), "--out", str(tmp_path / "x"), "--verify"]) == 2
+
+
+def test_the_page_filters_by_status_and_links_each_run_to_its_provenance(made, tmp_path):
+    from .test_leaderboard_html import _browser, _col
+
+    out = tmp_path / "page"
+    assert lb_cli(["build", str(made["bundle"]), str(made["run"]), "--out", str(out), "--format", "html", "--figures",
+                   "png", "--verify", "--data-root", str(made["root"])]) == 0
+    html = (out / "index.html").read_text()
+    assert str(made["dir"]) not in html  # no local path in a page meant to be shared
+    from selenium.webdriver.support.ui import Select
+
+    d = _browser()
+    try:
+        d.get((out / "index.html").as_uri())
+        assert "verified" in [o.get_attribute("value") for o in Select(d.find_element("id", "f-status")).options]
+        Select(d.find_element("id", "f-status")).select_by_value("verified")
+        links = d.find_elements("css selector", "#board tbody td a")
+        assert links and all(a.get_attribute("href").split("#")[1].startswith("prov-") for a in links)
+        target = d.find_element("id", links[0].get_attribute("href").split("#")[1])
+        assert '"provenance"' in target.find_element("css selector", "pre").get_attribute("textContent")
+        assert "(verified)" in target.find_element("css selector", "summary").get_attribute("textContent")
+        assert len(set(a.get_attribute("href") for a in links)) == 2  # the bundle and the run folder, one block each
+        assert set(_col(d, "Status") or ["verified"]) == {"verified"}
+    finally:
+        d.quit()

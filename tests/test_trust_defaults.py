@@ -400,4 +400,4 @@ def test_html_page_carries_any_name_as_data(board_rows, name):
     assert not set(blob) & set("<>&")
     rows = json.loads(blob)
     assert rows and all(r["method"] == name for r in rows)
-    assert html.count("<script") == 3  # data, main, the page's own script: nothing injected
+    assert html.count("<script") == 4  # data, main, provenance, the page's own script: nothing injected

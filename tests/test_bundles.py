@@ -247,3 +247,30 @@ def test_the_page_filters_by_status_and_links_each_run_to_its_provenance(made, t
         assert set(_col(d, "Status") or ["verified"]) == {"verified"}
     finally:
         d.quit()
+
+
+def test_every_reported_row_names_its_source_and_a_complete_protocol():
+    import re
+
+    df = pd.read_csv(ROOT / "leaderboard" / "data" / "reported.csv", dtype=str, keep_default_na=False)
+    need = ["method", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout", "alpha", "strict",
+            "tta", "training", "source"]
+    assert not [c for c in need if c not in df.columns]
+    for i, r in df.iterrows():
+        where = f"reported.csv row {i + 2} ({r['method']}, {r['dataset']})"
+        assert all(r[c].strip() for c in need), where
+        assert r["threshold"] in ("bbox", "img", "bbox-kp", "unconfirmed"), where
+        assert re.fullmatch(r"original|isotropic|resized-\d+x\d+|unconfirmed", r["frame"]), where
+        assert r["aggregate"] in ("image", "point", "category", "unconfirmed"), where
+        assert r["strict"] in ("yes", "no", "unconfirmed") and 0 < float(r["alpha"]) <= 1, where
+        if r["protocol"] == "geoaware":
+            assert r["strict"] == "yes", where
+        if r["protocol"] in ("sd4match", "dift", "original"):
+            assert r["strict"] == "no", where
+        if "unconfirmed" in [r[c] for c in ("threshold", "frame", "aggregate", "readout", "strict", "tta")]:
+            assert "UNCONFIRMED" in r["note"], f"{where}: an unconfirmed field needs a note saying what is not known"
+    for method in ("GeoAware-SC supervised", "DIY-SC", "JamaisVu", "Unified-SC DINOv2 (last two blocks fine-tuned)",
+                   "DistillDIFT", "DistillDIFT (threshold fixed)"):
+        assert method in set(df.method), method
+    row = df[(df.method == "GeoAware-SC supervised") & (df.dataset == "spair-71k")].iloc[0]
+    assert (row["pck"], row["aggregate"], row["threshold"], row["readout"]) == ("0.856", "image", "bbox", "geoaware-soft-argmax")

@@ -102,7 +102,8 @@ def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = N
     alphas = sorted(set(r["alpha"]))
     rows = []
     for readout, g in r.groupby("readout", sort=True):
-        row = {"readout": readout}
+        own = prov.get("default_readout") == readout and r["readout"].nunique() > 1
+        row = {"readout": readout + (" (own)" if own else "")}
         for a in alphas:
             x = g[(g["alpha"] - a).abs() < 1e-9]
             if len(x):
@@ -112,6 +113,9 @@ def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = N
                 row[f"PCK@{a:g}"] = "–"
         rows.append(row)
     lines.append(pd.DataFrame(rows).to_string(index=False))
+    if prov.get("default_readout") in set(r["readout"]) and r["readout"].nunique() > 1:
+        lines.append("(own): the method's own readout, the one tables and comparisons use; the others are computed, "
+                     "not chosen on the test split")
     others = sorted(set(results["protocol"]) - {name})
     if others:
         lines.append(f"other protocols ({', '.join(others)}) and categories: results.csv")

@@ -401,3 +401,13 @@ def test_html_page_carries_any_name_as_data(board_rows, name):
     rows = json.loads(blob)
     assert rows and all(r["method"] == name for r in rows)
     assert html.count("<script") == 4  # data, main, provenance, the page's own script: nothing injected
+
+
+def test_the_console_marks_the_methods_own_readout(patch_run):
+    from benchmarks.console import run_summary
+
+    prov = json.loads((patch_run / "run.json").read_text())["provenance"]
+    text = run_summary(pd.read_csv(patch_run / "results.csv"), "spair-71k", prov, "all", 36)
+    rows = [line.split()[0] + (" (own)" if "(own)" in line.split()[:2] else "") for line in text.splitlines()
+            if line.strip().startswith(("nn", "soft-argmax", "kernel", "window", "upsampled"))]
+    assert "nn (own)" in rows and sum("(own)" in r for r in rows) == 1

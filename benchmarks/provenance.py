@@ -13,7 +13,7 @@ import dataclasses
 #: settings naming weights (a hub id, a folder, a file, or a random-weight preset)
 WEIGHT_FIELDS = ("model_id", "dino_id", "checkpoint", "captioner_ckpt", "clip_id", "head")
 #: weight names that mean seeded random weights, not trained ones
-RANDOM_WEIGHTS = ("tiny", "random-sd21", "random-sd15", "random-base", "random-small", "random-large", "random-giant")
+RANDOM_WEIGHTS = ("tiny", "random", "random-sd21", "random-sd15", "random-base", "random-small", "random-large", "random-giant")
 #: settings that do not change the numbers, or are shown in their own columns (readout, precision, tta)
 NOT_SETTINGS = {"device", "batch_size", "cache_dir", "readout", "dtype", "flip", "mnn", "sync", "compile",
                 "channels_last", "attention"}

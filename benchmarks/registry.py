@@ -44,6 +44,10 @@ BUILTIN: dict[str, Entry] = {
               "SD+DINO (A Tale of Two Features): SD-1.5 blocks 2/5/8 t=100, per-pair PCA 3 x 256, + DINOv2-B, argmax"),
         Entry("geoaware-zs", "sd4match.methods.geoaware:GeoAwareZeroShotMatcher",
               "GeoAware-SC zero-shot: SD-1.5 blocks 2/5/8 t=50 FreeU + DINOv2-B, no PCA, window soft-argmax 5"),
+        Entry("geoaware", "sd4match.methods.geoaware:GeoAwareSupervisedMatcher",
+              "GeoAware-SC supervised: geoaware-zs's features -> the trained aggregation head (head=) -> window soft-argmax 7"),
+        Entry("diy-sc", "sd4match.methods.dinov2:DiySCMatcher",
+              "DIY-SC: DINOv2-B/14 block-11 tokens (840 padded frame) -> its trained adapter (head=) -> window soft-argmax"),
         Entry("patch", "benchmarks.matchers.patch:PatchMatcher",
               "normalised raw-pixel patches on the dense grid (no weights; a sanity baseline)"),
     ]

@@ -253,11 +253,11 @@ def test_frame_matchers_refuse_grid_readouts_and_bad_settings():
 
 def test_geoaware_head_checkpoint(tmp_path):
     cls = registry.load_class("geoaware-zs")
-    with pytest.raises(MatcherError, match="no GeoAware head checkpoint there"):
+    with pytest.raises(MatcherError, match="no head checkpoint there"):
         cls.from_settings("tiny", head=str(tmp_path / "best_856.PTH"))
     torch.manual_seed(0)
     good = tmp_path / "head.pt"
-    torch.save(Z.AggregationHead().state_dict(), good)
+    torch.save(Z.AggregationHead().state_dict(), good)  # GeoAware-SC's real widths, the authors' key layout
     m = cls.from_settings("tiny", head=str(good))
     parts = [torch.randn(c, 4, 4) for c in (640, 1280, 1280, 768)]
     out = m._head(parts)
@@ -265,7 +265,7 @@ def test_geoaware_head_checkpoint(tmp_path):
     assert "head" in m.fingerprints()
     wrong = tmp_path / "wrong.pt"
     torch.save({"layer.weight": torch.zeros(3)}, wrong)
-    with pytest.raises(MatcherError, match="does not fit"):
+    with pytest.raises(MatcherError, match="is not a key of the aggregation head"):
         cls.from_settings("tiny", head=str(wrong))
 
     class Evil:
@@ -274,7 +274,7 @@ def test_geoaware_head_checkpoint(tmp_path):
 
     evil = tmp_path / "evil.pt"
     torch.save({"x": Evil()}, evil)
-    with pytest.raises(MatcherError, match="cannot read the GeoAware head checkpoint"):
+    with pytest.raises(MatcherError, match="cannot read the head checkpoint"):
         cls.from_settings("tiny", head=str(evil))
 
 

@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from .frame import FrameMatcher
+from dataclasses import dataclass
+
+from benchmarks.matchers.base import MatcherError
+
+from .frame import FrameConfig, FrameMatcher
 
 
 class Dinov2Matcher(FrameMatcher):
@@ -16,3 +20,70 @@ class Dinov2Matcher(FrameMatcher):
 
     def image_maps(self, images, infos, flip: bool = False):
         return list(self.dino_maps(images, infos, flip))
+
+
+@dataclass(frozen=True)
+class DiySCConfig(FrameConfig):
+    """DIY-SC: the dinov2 matcher's tokens (ViT-B/14 block 11, token facet, 840 padded frame: what
+    DIY-SC's ``preprocess_map.py`` stores) through its trained adapter (``head=``: a released DINOv2
+    adapter, 768 / 384 / 128 wide, or ``random`` in the tiny preset); descriptors divided by (norm +
+    1e-10); the window soft-argmax (GeoAware's evaluation code, window 7: UNCONFIRMED which window
+    DIY-SC's own evaluation sets) and the argmax; cell centre 14u + 7 (GeoAware's code)."""
+
+    centre: float = 7.0
+    readout: str = "geoaware-soft-argmax,nn"
+    geoaware_window: int = 7
+    head: str = ""
+
+
+class DiySCMatcher(FrameMatcher):
+    name = "diy-sc"
+    description = ("DIY-SC: DINOv2-B/14 block-11 tokens in the 840 padded frame -> its trained adapter -> normalised "
+                   "descriptors -> window soft-argmax")
+    Config = DiySCConfig
+    presets = {"tiny": {"dino_id": "tiny", "image_size": 112, "batch_size": 16, "head": "random"}}
+
+    def __init__(self, config=None):
+        from .geoaware_head import RELEASES, load_head
+
+        cfg = config if config is not None else self.Config()
+        if not cfg.head:
+            raise MatcherError(f"matcher 'diy-sc' needs head= (DIY-SC's trained adapter): {RELEASES}; "
+                               "--preset tiny uses a seeded random adapter")
+        super().__init__(config)
+        self._head = load_head(self.config.head, self.device) if self.config.head != "random" else None
+
+    def fingerprints(self):
+        out = super().fingerprints()
+        if "head" not in out:
+            if self.config.head == "random":
+                out["head"] = f"random:seed{self.config.seed}"
+            else:
+                from benchmarks.fingerprint import file_digest
+
+                from .geoaware_head import _head_file
+
+                out["head"] = file_digest(_head_file(self.config.head), {})
+        return out
+
+    def describe(self) -> dict:
+        out = super().describe()
+        info = {"file": self.config.head}
+        if self.config.head != "random":
+            info["sha256"] = self.fingerprints()["head"]
+        if self._head is not None:
+            info.update(self._head.describe())
+        out["head"] = info
+        return out
+
+    def image_maps(self, images, infos, flip: bool = False):
+        from .geoaware_head import descriptors, random_head
+
+        maps = list(self.dino_maps(images, infos, flip))
+        if self._head is None:
+            self._head = random_head([int(maps[0].shape[0])], 128, int(self.config.seed)).to(self.device)
+        want = list(self._head.feature_dims)
+        if [int(maps[0].shape[0])] != want:
+            raise MatcherError(f"{self.config.head}: the adapter takes {want[0]}-wide tokens, this DINOv2 gives "
+                               f"{int(maps[0].shape[0])} (DIY-SC's DINOv2 adapters need ViT-B/14)")
+        return [descriptors(self._head([m])) for m in maps]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from benchmarks.matchers.base import MatcherError
 
-from .geoaware_head import _head_file, load_head
+from .geoaware_head import _head_file, descriptors, gather, load_head, random_head
 from .sd_frame import TINY_SD, SDFrameConfig, SDFrameMatcher
 
 
@@ -38,12 +38,33 @@ class GeoAwareZeroShotMatcher(SDFrameMatcher):
     def __init__(self, config=None):
         super().__init__(config)
         self._head = None
-        if self.config.head:
+        if self.config.head and self.config.head != "random":
             self._head = load_head(self.config.head, self.device)
+
+    def head_for(self, widths: list[int]):
+        """The head (a seeded random one of these widths for ``head=random``)."""
+        if self._head is None and self.config.head == "random":
+            self._head = random_head(widths, 128, int(self.config.seed)).to(self.device)
+        return self._head
+
+    def describe(self) -> dict:
+        out = super().describe()
+        if self.config.head:
+            info = {"file": self.config.head}
+            if self.config.head != "random":
+                from benchmarks.fingerprint import file_digest
+
+                info["sha256"] = file_digest(_head_file(self.config.head), {})
+            if self._head is not None:
+                info.update(self._head.describe())
+            out["head"] = info
+        return out
 
     def fingerprints(self):
         out = super().fingerprints()
-        if self.config.head and "head" not in out:
+        if self.config.head == "random" and "head" not in out:
+            out["head"] = f"random:seed{self.config.seed}"
+        elif self.config.head and "head" not in out:
             from benchmarks.fingerprint import file_digest
 
             path = _head_file(self.config.head)
@@ -59,17 +80,44 @@ class GeoAwareZeroShotMatcher(SDFrameMatcher):
         up = lambda x: x if x.shape[-1] == g else F.interpolate(x[None], size=(g, g), mode="bilinear",  # noqa: E731
                                                                   align_corners=False)[0]
         parts = [up(s3), up(s4), up(s5)]
-        if self._head is not None:
+        if self.config.head:
             widths = [int(x.shape[0]) for x in parts + [dino]]
-            want = [int(b.conv1.in_channels) for b in self._head.blocks] if hasattr(self._head, "blocks") else widths
-            if widths != want:
-                raise MatcherError(f"{self.config.head}: the head takes inputs of widths {want}, the features of this "
-                                   f"model are {widths} (s3, s4, s5, DINO); a head for the real models needs the real "
-                                   "SD-1.5 and DINOv2-B/14, not the tiny preset")
-            return F.normalize(self._head(parts + [dino.float()]), dim=0)
+            head = self.head_for(widths)
+            if widths != list(head.feature_dims):
+                raise MatcherError(f"{self.config.head}: the head takes inputs of widths {list(head.feature_dims)}, the "
+                                   f"features of this model are {widths} (s3, s4, s5, DINO); a head for the real models "
+                                   "needs the real SD-1.5 and DINOv2-B/14, not the tiny preset")
+            return descriptors(head([gather(s3, s4, s5, dino)]))
         sd = F.normalize(torch.cat(parts), dim=0)
         return F.normalize(torch.cat([sd, F.normalize(dino.float(), dim=0)]), dim=0)
 
     def image_maps(self, images, infos, flip: bool = False):
         return [self.descriptors(lay, d) for lay, d in zip(self.sd_layers(images, infos, flip),
                                                             self.dino_maps(images, infos, flip))]
+
+
+@dataclass(frozen=True)
+class GeoAwareSupervisedConfig(GeoAwareConfig):
+    """GeoAware-SC supervised: the zero-shot features through the trained head (``head=``, required:
+    a released file, or ``random`` in the tiny preset), descriptors divided by (norm + 1e-10); the
+    authors' evaluation readout, the window soft-argmax with window 7 (argmax ``nn`` too)."""
+
+    readout: str = "geoaware-soft-argmax,nn"
+    geoaware_window: int = 7
+
+
+class GeoAwareSupervisedMatcher(GeoAwareZeroShotMatcher):
+    name = "geoaware"
+    description = ("GeoAware-SC supervised: geoaware-zs's features (SD-1.5 s3/s4/s5 at t=50 with FreeU, DINOv2-B/14 at "
+                   "840) gathered in the authors' order -> the trained aggregation head -> window soft-argmax 7")
+    Config = GeoAwareSupervisedConfig
+    presets = {"tiny": {**TINY_SD, "head": "random"}}
+
+    def __init__(self, config=None):
+        from .geoaware_head import RELEASES
+
+        cfg = config if config is not None else self.Config()
+        if not cfg.head:
+            raise MatcherError(f"matcher 'geoaware' needs head= (the trained aggregation head): {RELEASES}; "
+                               "--preset tiny uses a seeded random head")
+        super().__init__(config)

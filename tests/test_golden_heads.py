@@ -161,3 +161,38 @@ def test_supervised_geoaware_end_to_end_through_the_cli(tmp_path):
     assert head["feature_dims"] == e2e["feature_dims"] and head["projection_dim"] == e2e["projection_dim"]
     assert len(head["sha256"]) == 64 and rec["config"]["geoaware_window"] == 7
     assert any(m.startswith("head=geoaware_head_e2e.pth@") for m in rec["provenance"]["marks"])
+
+
+def _loss_cases() -> list[str]:
+    from .test_golden import GOLDEN
+
+    path = GOLDEN / "heads" / "inputs.json"
+    return sorted(json.loads(path.read_text())["loss"]["cases"]) if path.is_file() else ["(fixtures absent)"]
+
+
+@pytest.mark.parametrize("case", _loss_cases())
+def test_geoaware_training_loss_and_gradients(case, inputs):
+    """GeoAware-SC's loss (sparse CLIP term, dense flow term with and without the training window,
+    pose-variant pair augmentation) and its gradients w.r.t. every descriptor map and the logit scale."""
+    from sd4match.training.head_loss import head_loss
+
+    meta = inputs["loss"]
+    c = meta["cases"][case]
+    g = load_file(str(golden("heads", "loss.safetensors")))
+    head = torch.load(golden("heads", "loss_head.pth"), map_location="cpu", weights_only=True)
+    maps = {k: g[k].clone().requires_grad_() for k in ("d1", "d2", "d1_flip", "d2_flip")}
+    scale = head["logit_scale"].clone().float().requires_grad_()
+    assert float(scale) == pytest.approx(meta["logit_scale"], rel=1e-7)
+    loss = head_loss(maps["d1"], maps["d2"], g["k1"], g["k2"], scale, int(meta["num_patches"]),
+                     dense=bool(c["dense_obj"]), window=int(c["soft_train_window"]),
+                     perm=meta["permute_list"] if c["pair_augment"] else None,
+                     d1_flip=maps["d1_flip"], d2_flip=maps["d2_flip"], gaussian=float(meta["gaussian_augment"]))
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(c["loss"], rel=1e-5)
+    assert float(scale.grad) == pytest.approx(c["logit_scale_grad"], rel=1e-5)
+    for name, t in maps.items():
+        key = f"{case}.grad_{name}"
+        if key in g:
+            assert_rel(t.grad, g[key], rel=5e-5, what=f"{case}: d loss / d {name}")
+        else:
+            assert t.grad is None or not t.grad.abs().any(), f"{case}: {name} should not take part"

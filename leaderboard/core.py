@@ -28,12 +28,12 @@ from .runs import (  # noqa: F401 - the public names of the leaderboard
     WHOLE,
     LeaderboardError,
     clean_text,
-    collect,
     parse_labels,
     read_reported,
     read_run,
     safe_name,
 )
+from .sources import collect  # noqa: F401 - part of the public names
 
 FORMATS = ("md", "csv", "tex", "html")
 

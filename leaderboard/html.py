@@ -221,7 +221,7 @@ def page(d: pd.DataFrame, figures: list[Path], title: str = "corrbench leaderboa
     from html import escape
 
     from .compact import main_protocol
-    from .runs import PROVENANCE
+    from .sources import PROVENANCE
 
     meas = d[d["kind"] == "measured"].drop_duplicates("source")
     index = {str(r.source): i for i, r in enumerate(meas.itertuples(index=False))}

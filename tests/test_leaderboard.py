@@ -51,8 +51,10 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     tables = sorted(set(paper.table))
     # image (dift = original), point (dift = original), category, resized-768 image, GeoAware-SC's published
     # number under its own (partly unconfirmed) protocol, and the baselines' published numbers in the padded
-    # (isotropic) frame per image and per point
-    assert len(tables) == 7 and any("aggregate unconfirmed" in t for t in tables)
+    # (isotropic) frame per image and per point; Unified-SC's 840 anisotropic frame and DistillDIFT's
+    # unconfirmed frame and threshold each stand alone, never beside a measured row
+    assert len(tables) == 9 and any("aggregate unconfirmed" in t for t in tables)
+    assert any("frame resized-840x840" in t for t in tables) and any("threshold unconfirmed" in t for t in tables)
     iso = [t for t in tables if "frame isotropic, threshold bbox, aggregate point" in t]
     assert len(iso) == 1
     dino = paper[(paper.table == iso[0]) & (paper.method == "DINOv2-B/14 NN")]
@@ -68,7 +70,7 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     assert "**spair-71k: PCK@0.1 (%). Protocol (presets sd4match): frame resized-768x768, threshold bbox" in md
     assert "summary, category All at every alpha" in md and "PCK@0.05" in md and "PCK@0.15" in md
     tex = (out / "spair-71k-full.tex").read_text()
-    assert tex.count("\\begin{tabular}") == 8 and "\\toprule" in tex and "resized-768x768" in tex
+    assert tex.count("\\begin{tabular}") == len(tables) + 1 and "\\toprule" in tex and "resized-768x768" in tex
     assert "bbox\\_kp" not in tex and "\\%" in tex
     # the compact table: each method once, at the dataset's main protocol, "value ± half-width", best in bold
     compact = (out / "spair-71k.md").read_text()

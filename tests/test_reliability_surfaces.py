@@ -385,9 +385,9 @@ def test_convert_out_folder_and_head_shapes(tmp_path, capsys):
     assert convert_cli(["--variant", "single", "--input", str(src), "--out", str(tmp_path / "dir")]) == 2
     assert "--out is a folder" in _one_line_error(capsys)
     state = AggregationHead().state_dict()
-    state["blocks.0.conv1.weight"] = torch.zeros(3, 3, 1, 1)
+    state["bottleneck_layers.0.0.conv2.weight"] = torch.zeros(192, 192, 1, 1)  # the authors' names, a wrong shape
     torch.save(state, tmp_path / "head.pth")
-    with pytest.raises(MatcherError, match="shapes do not fit") as exc:
+    with pytest.raises(MatcherError, match="does not fit the aggregation head") as exc:
         load_head(str(tmp_path / "head.pth"), "cpu")
     assert "\n" not in str(exc.value)
 

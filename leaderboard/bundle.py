@@ -72,7 +72,7 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-_ABS = re.compile(r"(?<![\w.~<>-])/(?:[^\s'\"/]+/)*[^\s'\"/]+")
+_ABS = re.compile(r"(?<![\w.~<>:/-])/(?:[^\s'\"/]+/)*[^\s'\"/]+")
 
 
 def scrub(value):

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from loaders.verify import sha256 as sha256_file
+
 from .runs import LeaderboardError, clean_text, read_record
 
 SCHEMA_VERSION = 1
@@ -62,14 +64,6 @@ class BundleError(LeaderboardError):
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _ABS = re.compile(r"(?<![\w.~<>:/-])/(?:[^\s'\"/]+/)*[^\s'\"/]+")
@@ -119,7 +113,7 @@ def pack(run_dir: str | Path, out: str | Path, data_root: str | Path | None = No
         rel = Path(os.path.realpath(f)).relative_to(base).as_posix() if Path(os.path.realpath(f)).is_relative_to(base) else None
         if rel is None:
             raise BundleError(f"{f}: a dataset file outside the root {root}")
-        checksums[rel] = _sha256_file(Path(f))
+        checksums[rel] = sha256_file(Path(f))
     data = {name: (run_dir / name).read_bytes() for name in RUN_FILES}
     data["run.json"] = (json.dumps(scrub(record), indent=2, sort_keys=True, default=str) + "\n").encode()
     prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
@@ -268,7 +262,7 @@ def check_dataset(src: Source, root: Path) -> None:
         path = base / rel
         if not path.is_file():
             raise BundleError(f"{path}: missing; {src.path} was made from a dataset copy holding it (another version?)")
-        if _sha256_file(path) != digest:
+        if sha256_file(path) != digest:
             raise BundleError(f"{path}: differs from the file {src.path} was made from (another dataset version)")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runs import WHOLE, LeaderboardError, clean_text, read_record
+from .runs import WHOLE, LeaderboardError, clean_text, own_readout, read_record
 
 NEED = {"pair_id": "string", "category": "string", "readout": "string", "protocol": "string", "alpha": "number",
         "fraction_correct": "number"}
@@ -62,14 +62,6 @@ def _per_pair(run: Path) -> pd.DataFrame:
     # a dataset category named like the whole split (older files) is told apart from it
     df["category"] = [f"{c} (category)" if c == WHOLE else c for c in df["category"]]
     return df
-
-
-def _own_readout(record: dict, present: list[str]) -> str | None:
-    prov = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
-    for name in [prov.get("default_readout"), *(record.get("readouts") or [])]:
-        if isinstance(name, str) and name in present:
-            return name
-    return present[0] if len(present) == 1 else None
 
 
 def _name(run: Path, record: dict) -> str:
@@ -124,7 +116,7 @@ def compare(run_a: Path, run_b: Path, protocol: str | None = None, readout: str 
         elif readout is not None:
             raise LeaderboardError(f"{run}: no readout {readout!r}; present: {', '.join(present)}")
         else:
-            r = _own_readout(records[run], present)
+            r = own_readout(records[run], present) or None
             if r is None:
                 raise LeaderboardError(f"{run} holds several readouts ({', '.join(present)}) and no record of its "
                                        "matcher's own; choose one with --readout")

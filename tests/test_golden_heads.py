@@ -8,8 +8,6 @@ magnitude; the window soft-argmax 2e-4 cells; the argmax exact)."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +23,8 @@ from sd4match.methods.geoaware_head import (
     load_into,
 )
 
-from .conftest import shared
 from .test_golden import assert_rel, golden
+from .test_golden_baselines import _one_pair_root
 
 CELLS = 2e-4
 
@@ -121,17 +119,6 @@ def test_geoaware_needs_a_head_and_says_where_one_is_published():
         registry.load_class("geoaware").from_settings(None)
     with pytest.raises(MatcherError, match="needs head=.*DIY-SC"):
         registry.load_class("diy-sc").from_settings(None)
-
-
-def _one_pair_root(tmp_path: Path, base: dict) -> Path:
-    root = tmp_path / "willow"
-    for rel in (base["src_image"], base["trg_image"]):
-        src = shared("PF-WILLOW", *Path(rel).parts)
-        dst = root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        shutil.copyfile(src.with_suffix(".mat"), dst.with_suffix(".mat"))
-    return root
 
 
 def test_supervised_geoaware_end_to_end_through_the_cli(tmp_path):

@@ -54,27 +54,17 @@ class DiySCMatcher(FrameMatcher):
         self._head = load_head(self.config.head, self.device) if self.config.head != "random" else None
 
     def fingerprints(self):
+        from .geoaware_head import head_fingerprint
+
         out = super().fingerprints()
         if "head" not in out:
-            if self.config.head == "random":
-                out["head"] = f"random:seed{self.config.seed}"
-            else:
-                from benchmarks.fingerprint import file_digest
-
-                from .geoaware_head import _head_file
-
-                out["head"] = file_digest(_head_file(self.config.head), {})
+            out["head"] = head_fingerprint(self.config.head, int(self.config.seed))
         return out
 
     def describe(self) -> dict:
-        out = super().describe()
-        info = {"file": self.config.head}
-        if self.config.head != "random":
-            info["sha256"] = self.fingerprints()["head"]
-        if self._head is not None:
-            info.update(self._head.describe())
-        out["head"] = info
-        return out
+        from .geoaware_head import head_info
+
+        return {**super().describe(), "head": head_info(self.config.head, int(self.config.seed), self._head)}
 
     def image_maps(self, images, infos, flip: bool = False):
         from .geoaware_head import descriptors, random_head

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from benchmarks.matchers.base import MatcherError
 
-from .geoaware_head import _head_file, descriptors, gather, load_head, random_head
+from .geoaware_head import descriptors, gather, head_fingerprint, head_info, load_head, random_head
 from .sd_frame import TINY_SD, SDFrameConfig, SDFrameMatcher
 
 
@@ -50,28 +50,13 @@ class GeoAwareZeroShotMatcher(SDFrameMatcher):
     def describe(self) -> dict:
         out = super().describe()
         if self.config.head:
-            info = {"file": self.config.head}
-            if self.config.head != "random":
-                from benchmarks.fingerprint import file_digest
-
-                info["sha256"] = file_digest(_head_file(self.config.head), {})
-            if self._head is not None:
-                info.update(self._head.describe())
-            out["head"] = info
+            out["head"] = head_info(self.config.head, int(self.config.seed), self._head)
         return out
 
     def fingerprints(self):
         out = super().fingerprints()
-        if self.config.head == "random" and "head" not in out:
-            out["head"] = f"random:seed{self.config.seed}"
-        elif self.config.head and "head" not in out:
-            from benchmarks.fingerprint import file_digest
-
-            path = _head_file(self.config.head)
-            try:
-                out["head"] = file_digest(path, {})
-            except OSError as exc:
-                raise MatcherError(f"{self.config.head}: cannot read the GeoAware head checkpoint ({exc.strerror or exc})") from None
+        if self.config.head and "head" not in out:
+            out["head"] = head_fingerprint(self.config.head, int(self.config.seed))
         return out
 
     def descriptors(self, layers: tuple[torch.Tensor, ...], dino: torch.Tensor) -> torch.Tensor:

@@ -196,6 +196,29 @@ def load_into(head: AggregationHead, state: dict[str, torch.Tensor]) -> list[str
     return copied
 
 
+def head_fingerprint(setting: str, seed: int) -> str:
+    """What a matcher's features depend on for ``head=``: the file's content sha256, or the seed of
+    ``random``; a file that cannot be read is a one-line error."""
+    if setting == "random":
+        return f"random:seed{seed}"
+    from benchmarks.fingerprint import file_digest
+
+    try:
+        return file_digest(_head_file(setting), {})
+    except OSError as exc:
+        raise MatcherError(f"{setting}: cannot read the head checkpoint ({exc.strerror or exc})") from None
+
+
+def head_info(setting: str, seed: int, head: AggregationHead | None) -> dict:
+    """``run.json``'s record of a head: the file, its full sha256, and its widths once built."""
+    info = {"file": setting}
+    if setting != "random":
+        info["sha256"] = head_fingerprint(setting, seed)
+    if head is not None:
+        info.update(head.describe())
+    return info
+
+
 def random_head(feature_dims, projection_dim: int = 128, seed: int = 0) -> AggregationHead:
     """A seeded random head (the ``tiny`` presets' ``head=random``: tests the pipeline, not the method)."""
     with torch.random.fork_rng(devices=[]):

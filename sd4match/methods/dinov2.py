@@ -44,12 +44,9 @@ class DiySCMatcher(FrameMatcher):
     presets = {"tiny": {"dino_id": "tiny", "image_size": 112, "batch_size": 16, "head": "random"}}
 
     def __init__(self, config=None):
-        from .geoaware_head import RELEASES, load_head
+        from .geoaware_head import load_head, require_head
 
-        cfg = config if config is not None else self.Config()
-        if not cfg.head:
-            raise MatcherError(f"matcher 'diy-sc' needs head= (DIY-SC's trained adapter): {RELEASES}; "
-                               "--preset tiny uses a seeded random adapter")
+        require_head(self.name, (config if config is not None else self.Config()).head, "DIY-SC's trained adapter")
         super().__init__(config)
         self._head = load_head(self.config.head, self.device) if self.config.head != "random" else None
 

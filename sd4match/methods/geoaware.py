@@ -99,10 +99,7 @@ class GeoAwareSupervisedMatcher(GeoAwareZeroShotMatcher):
     presets = {"tiny": {**TINY_SD, "head": "random"}}
 
     def __init__(self, config=None):
-        from .geoaware_head import RELEASES
+        from .geoaware_head import require_head
 
-        cfg = config if config is not None else self.Config()
-        if not cfg.head:
-            raise MatcherError(f"matcher 'geoaware' needs head= (the trained aggregation head): {RELEASES}; "
-                               "--preset tiny uses a seeded random head")
+        require_head(self.name, (config if config is not None else self.Config()).head, "the trained aggregation head")
         super().__init__(config)

@@ -196,6 +196,13 @@ def load_into(head: AggregationHead, state: dict[str, torch.Tensor]) -> list[str
     return copied
 
 
+def require_head(matcher: str, setting: str, what: str) -> None:
+    """A supervised matcher without ``head=``: one line naming where the released files are."""
+    if not setting:
+        raise MatcherError(f"matcher {matcher!r} needs head= ({what}): {RELEASES}; --preset tiny uses a seeded "
+                           "random head")
+
+
 def head_fingerprint(setting: str, seed: int) -> str:
     """What a matcher's features depend on for ``head=``: the file's content sha256, or the seed of
     ``random``; a file that cannot be read is a one-line error."""

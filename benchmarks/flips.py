@@ -58,3 +58,22 @@ def partners(swaps: list[tuple[int, int]]) -> dict[int, int]:
     for a, b in swaps:
         out[a], out[b] = b, a
     return out
+
+
+#: GeoAware-SC's *training* table (pose-variant pair augmentation) differs from the evaluation table
+#: above for one SPair-71k category only: bus (``../shared/golden/heads/README.md``)
+SPAIR_TRAIN_SWAPS = {**SPAIR_SWAPS, "bus": [(0, 1), (2, 3), (5, 6), (10, 20), (13, 23), (11, 21), (14, 24), (12, 22),
+                                            (15, 25), (16, 17), (26, 27), (18, 19), (28, 29)]}
+
+
+def train_swaps_for(dataset: str, category: str) -> list[tuple[int, int]] | None:
+    """The swap pairs that the head training's pair augmentation uses (None: no table)."""
+    if dataset in ("spair-71k", "spair-u"):
+        return SPAIR_TRAIN_SWAPS.get(category)
+    return swaps_for(dataset, category)
+
+
+def permutation(swaps: list[tuple[int, int]], n: int) -> list[int]:
+    """The flip permutation over keypoint ids 0..n-1: row i of a flipped image is keypoint perm[i]."""
+    mate = partners(swaps)
+    return [mate.get(i, i) for i in range(n)]

@@ -59,32 +59,35 @@ def _with_checkpoint_model(args, overrides: dict, cls) -> dict:
     preset), each said in one line. A user setting that contradicts one is refused before any model
     loads; other model ids (a local copy or a mirror of the same weights) are allowed, said, and
     recorded as changes."""
-    ckpt = overrides.get("checkpoint")
+    setting = getattr(cls, "checkpoint_setting", "checkpoint")
+    ckpt = overrides.get(setting)
     fields = getattr(cls.Config, "__dataclass_fields__", {})
-    if not ckpt or "checkpoint" not in fields:
+    if not ckpt or setting not in fields:
         return overrides
     from .console import say
+
+    flag = "--checkpoint" if setting == "checkpoint" else f"{setting}="
 
     trained = cls.settings_from_checkpoint(ckpt)  # the matcher knows its checkpoint format
     preset = trained.get("preset")
     if preset and args.preset is not None and args.preset != preset:
-        raise RunError(f"--preset {args.preset} contradicts --checkpoint {ckpt}, trained with preset {preset}; "
+        raise RunError(f"--preset {args.preset} contradicts {flag} {ckpt}, trained with preset {preset}; "
                        f"drop --preset or pass --preset {preset}")
     carried = {k: v for k, v in trained.items() if k != "preset" and k in fields}
     out = dict(overrides)
     for key, value in carried.items():  # every refusal before any line is said
         if key in out and str(out[key]) != str(value) and key not in ("model_id", "dino_id"):
-            raise RunError(f"{key}={out[key]} contradicts --checkpoint {ckpt}, trained with {key}={value}; "
+            raise RunError(f"{key}={out[key]} contradicts {flag} {ckpt}, trained with {key}={value}; "
                            f"drop the setting (the checkpoint brings it)")
     if preset and args.preset is None:
         args.preset = preset
-        say(f"--checkpoint {ckpt}: using preset {preset}, the one it was trained with")
+        say(f"{flag} {ckpt}: using preset {preset}, the one it was trained with")
     for key, value in carried.items():
         if key not in out:
             out[key] = value
-            say(f"--checkpoint {ckpt}: using {key} {value!r}, the one it was trained with")
+            say(f"{flag} {ckpt}: using {key} {value!r}, the one it was trained with")
         elif str(out[key]) != str(value):
-            say(f"--checkpoint {ckpt}: trained with {key} {value!r}; evaluating with {out[key]!r} as you asked "
+            say(f"{flag} {ckpt}: trained with {key} {value!r}; evaluating with {out[key]!r} as you asked "
                 "(recorded)")
     return out
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from benchmarks.matchers.base import MatcherError
 
 from .frame import FrameConfig, FrameMatcher
@@ -42,6 +44,14 @@ class DiySCMatcher(FrameMatcher):
                    "descriptors -> window soft-argmax")
     Config = DiySCConfig
     presets = {"tiny": {"dino_id": "tiny", "image_size": 112, "batch_size": 16, "head": "random"}}
+    #: a head trained here brings the feature settings it was trained on (``benchmarks.run``)
+    checkpoint_setting = "head"
+
+    @classmethod
+    def settings_from_checkpoint(cls, path: str) -> dict:
+        from .geoaware_head import trained_settings
+
+        return {} if path == "random" else trained_settings(path, "diy-sc")
 
     def __init__(self, config=None):
         from .geoaware_head import load_head, require_head
@@ -63,14 +73,40 @@ class DiySCMatcher(FrameMatcher):
 
         return {**super().describe(), "head": head_info(self.config.head, int(self.config.seed), self._head)}
 
-    def image_maps(self, images, infos, flip: bool = False):
-        from .geoaware_head import descriptors, random_head
+    #: a :class:`~sd4match.training.head_features.FeatureCache` of the adapter's inputs (head training)
+    input_cache = None
 
-        maps = list(self.dino_maps(images, infos, flip))
+    def head_inputs(self, images, infos, flip: bool = False) -> list[torch.Tensor]:
+        """The adapter's input per image: the DINOv2 token map ``(C, g, g)``."""
+
+        def compute(positions):
+            maps = list(self.dino_maps([images[i] for i in positions], [infos[i] for i in positions], flip))
+            self._widths = [int(maps[0].shape[0])]
+            return maps
+
+        if self.input_cache is not None:
+            return self.input_cache.get(infos, flip, compute)
+        return compute(list(range(len(images))))
+
+    def head_widths(self, x: torch.Tensor) -> list[int]:
+        return [int(x.shape[0])]
+
+    def head_for(self, widths: list[int]):
+        from .geoaware_head import random_head
+
         if self._head is None:
-            self._head = random_head([int(maps[0].shape[0])], 128, int(self.config.seed)).to(self.device)
-        want = list(self._head.feature_dims)
-        if [int(maps[0].shape[0])] != want:
-            raise MatcherError(f"{self.config.head}: the adapter takes {want[0]}-wide tokens, this DINOv2 gives "
-                               f"{int(maps[0].shape[0])} (DIY-SC's DINOv2 adapters need ViT-B/14)")
-        return [descriptors(self._head([m])) for m in maps]
+            self._head = random_head(widths, 128, int(self.config.seed)).to(self.device)
+        return self._head
+
+    def image_maps(self, images, infos, flip: bool = False):
+        from .geoaware_head import descriptors
+
+        out = []
+        for x in self.head_inputs(images, infos, flip):
+            head = self.head_for(self.head_widths(x))
+            want = list(head.feature_dims)
+            if [int(x.shape[0])] != want:
+                raise MatcherError(f"{self.config.head}: the adapter takes {want[0]}-wide tokens, this DINOv2 gives "
+                                   f"{int(x.shape[0])} (DIY-SC's DINOv2 adapters need ViT-B/14)")
+            out.append(descriptors(head([x])))
+        return out

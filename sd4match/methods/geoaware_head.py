@@ -118,11 +118,77 @@ _STAGE = re.compile(r"bottleneck_layers\.(\d+)\.0\.(conv1|conv2|conv3|shortcut)\
 _SCALARS = ("mixing_weights", "logit_scale", "self_logit_scale")
 
 
+#: a head trained here: safetensors with this ``format`` in its metadata (``sd4match.train --variant ...-head``)
+HEAD_FORMAT = "corrbench-head"
+
+
 def _head_file(path: str) -> Path:
+    """A head file, or a training folder (its ``best.safetensors``, else ``last.safetensors``)."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        for name in ("best.safetensors", "last.safetensors"):
+            if (p / name).is_file():
+                return p / name
+        raise MatcherError(f"{path}: a folder without best.safetensors or last.safetensors (a head training --out?)")
     if not p.is_file():
         raise MatcherError(f"{path}: no head checkpoint there; set head= to a released file ({RELEASES})")
     return p
+
+
+def save_head(head: AggregationHead, path, **meta) -> None:
+    """A trained head as safetensors in the authors' key layout (so :func:`load_head` and the authors'
+    ``load_state_dict`` read it), with ``format``, the widths and ``meta`` (JSON values) as metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from loaders.atomic import atomic_path
+
+    info = {"format": HEAD_FORMAT, **{k: json.dumps(v, sort_keys=True, default=str) for k, v in
+                                       {**head.describe(), **meta}.items()}}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in head.state_dict().items()}
+    with atomic_path(Path(path), suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata=info)
+
+
+def head_metadata(path: str) -> dict:
+    """The metadata of a head trained here (values decoded from JSON); {} for other files (released ones)."""
+    import json
+
+    p = _head_file(path)
+    if p.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception as exc:
+        raise MatcherError(f"{p}: cannot read the head checkpoint ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if meta.get("format") != HEAD_FORMAT:
+        return {}
+    out = {}
+    for k, v in meta.items():
+        if k == "format":
+            continue
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            raise MatcherError(f"{p}: metadata {k!r} is not JSON ({v[:60]!r})") from None
+    return out
+
+
+def trained_settings(path: str, matcher: str) -> dict:
+    """The feature settings a head trained here carries (``features``: the matcher's preset and settings
+    it was trained on), for ``head=`` to bring along; a head trained for another matcher is refused."""
+    meta = head_metadata(path)
+    if not meta:
+        return {}
+    if meta.get("matcher") not in (None, matcher):
+        raise MatcherError(f"{path}: a head trained on {meta.get('matcher')}'s features; evaluate it with "
+                           f"--matcher {meta.get('matcher')}")
+    feats = meta.get("features") or {}
+    return {k: v for k, v in feats.items() if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
 
 
 def shape_of(state: dict[str, torch.Tensor], source: str) -> dict:

@@ -12,12 +12,22 @@ from pathlib import Path
 
 from ..prompts import VARIANTS
 from .config import POINTER, PRESETS, TrainConfig, TrainError
-from .trainer import Trainer
+from .head_config import HEAD_PRESETS, HEAD_VARIANTS, HeadTrainConfig
 
 
 def dry_run(variant: str, dataset: str) -> str:
-    """Trainable parameter count at the real sizes (text width 1024, DINOv2-base 256 x 768), no weights."""
+    """Trainable parameter count at the real sizes (text width 1024, DINOv2-base 256 x 768; the heads'
+    real widths), no weights."""
     import torch
+
+    if variant in HEAD_VARIANTS:
+        from ..methods.geoaware_head import AggregationHead
+
+        dims = [640, 1280, 1280, 768] if variant == "geoaware-head" else [768]
+        with torch.device("meta"):
+            head = AggregationHead(dims, 768)
+        n = sum(p.numel() for p in head.parameters())
+        return f"{variant}: {n:,} trainable parameters (aggregation head {dims} -> 768, bottleneck 192)"
 
     from loaders import pfpascal, pfwillow, spair
 
@@ -37,13 +47,14 @@ def dry_run(variant: str, dataset: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sd4match.train", description="Train SD4Match prompts.")
-    p.add_argument("--variant", required=True, choices=VARIANTS)
+    p = argparse.ArgumentParser(prog="python -m sd4match.train",
+                                description="Train SD4Match prompts, or an aggregation head on frozen features.")
+    p.add_argument("--variant", required=True, choices=(*VARIANTS, *HEAD_VARIANTS))
     p.add_argument("--dataset", default="spair-71k")
     p.add_argument("--data-root", type=Path)
     p.add_argument("--split", default="trn", help="training split (default trn; any split is accepted)")
     p.add_argument("--out", type=Path)
-    p.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)}")
+    p.add_argument("--preset", default=None, help=f"prompts: {', '.join(PRESETS)}; heads: {', '.join(HEAD_PRESETS)}")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -60,18 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def config_from_args(args) -> TrainConfig:
+def config_from_args(args) -> TrainConfig | HeadTrainConfig:
     from benchmarks.matchers.base import config_from, parse_settings
 
+    head = args.variant in HEAD_VARIANTS
+    presets = HEAD_PRESETS if head else PRESETS
     base = {}
     if args.preset:
-        if args.preset not in PRESETS:
-            raise TrainError(f"unknown preset {args.preset!r}; valid: {', '.join(PRESETS)}")
-        base.update(PRESETS[args.preset])
+        if args.preset not in presets:
+            raise TrainError(f"unknown preset {args.preset!r} for {args.variant}; valid: {', '.join(presets)}")
+        base.update(presets[args.preset])
     flags = ("device", "dtype", "batch_size", "max_steps", "epochs", "seed", "model_id", "dino_id", "val_limit")
     base.update(parse_settings({f: getattr(args, f) for f in flags}, args.set))
     base.update(variant=args.variant, dataset=args.dataset, data_root=str(args.data_root), split=args.split)
-    cfg = config_from(TrainConfig, base, "sd4match.train")
+    cfg = config_from(HeadTrainConfig if head else TrainConfig, base, f"sd4match.train --variant {args.variant}")
+    if head and args.preset == "geoaware-spair" and not cfg.init:
+        raise TrainError("--preset geoaware-spair starts from the AP-10K head: pass --set init=OUT_OF_STAGE_1 "
+                         "(trained with --preset geoaware-ap10k --dataset ap-10k), as GeoAware-SC's recipe does")
     if cfg.batch_size < 1 or cfg.max_steps < 0 or cfg.epochs < 0:
         raise TrainError("--batch-size must be >= 1, --max-steps and --epochs >= 0")
     return cfg
@@ -112,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
             dist.init_process_group("nccl" if cfg.device.startswith("cuda") and torch.cuda.is_available() else "gloo")
         t0 = time.perf_counter()
+        if isinstance(cfg, HeadTrainConfig):
+            from .head_trainer import HeadTrainer as Trainer
+        else:
+            from .trainer import Trainer
         trainer = Trainer(cfg, out, rank, world)
         if args.resume:
             trainer.resume()
@@ -128,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             result = (f"best validation PCK@0.1 {trainer.best:.4f} (best.safetensors)" if trainer.best >= 0 else
                       "no validation ran (no validation split): the result is last.safetensors, nothing is called best")
-            print(f"trained {cfg.variant} prompts for {trainer.step} steps in {time.perf_counter() - t0:.1f} s; "
+            what = "head" if isinstance(cfg, HeadTrainConfig) else "prompts"
+            print(f"trained {cfg.variant} {what} for {trainer.step} steps in {time.perf_counter() - t0:.1f} s; "
                   f"{result}; wrote {out}")
     except (TrainError, DatasetError, ConfigError, MatcherError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -28,9 +28,10 @@ TEMPERATURE = 0.02
 
 
 def patch_index(kps: torch.Tensor, n: int, anno: int = ANNO_SIZE) -> torch.Tensor:
-    """(K, 2+) keypoints (x, y) in the annotation frame -> their cell indices (truncation)."""
+    """(K, 2+) keypoints (x, y) in the annotation frame -> their cell indices (truncation; a point on
+    the frame's far edge, x = anno after a mirror of x = 0, stays in the last cell)."""
     s = n / anno
-    return (n * (s * kps[:, 1]).long() + (s * kps[:, 0]).long()).long()
+    return (n * (s * kps[:, 1]).long().clamp(0, n - 1) + (s * kps[:, 0]).long().clamp(0, n - 1)).long()
 
 
 def flip_keypoints(kps: torch.Tensor, perm: list[int], anno: int = ANNO_SIZE) -> torch.Tensor:
@@ -82,23 +83,25 @@ def _visible(k1: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
 def head_loss(d1: torch.Tensor, d2: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, logit_scale: torch.Tensor,
               n: int, dense: bool = True, window: int = 0, perm: list[int] | None = None,
               d1_flip: torch.Tensor | None = None, d2_flip: torch.Tensor | None = None, gaussian: float = 0.0,
-              threshold: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+              threshold: float = 0.0, generator: torch.Generator | None = None,
+              anno: float = ANNO_SIZE) -> torch.Tensor:
     """GeoAware-SC's loss of one pair (see the module docstring); ``perm`` with the flipped
-    descriptors turns on the pose-variant pair augmentation."""
+    descriptors turns on the pose-variant pair augmentation. ``anno``: the side of the square frame
+    the keypoints are given in (840 in the authors' pipeline; the matcher's ``image_size``)."""
     vis = _visible(k1, k2)
     a, b = k1[vis], k2[vis]
-    total = sparse_loss(d1, d2, patch_index(a, n), patch_index(b, n), logit_scale)
+    total = sparse_loss(d1, d2, patch_index(a, n, anno), patch_index(b, n, anno), logit_scale)
     if dense:
-        total = total + dense_loss(d1, d2, a, b, n, window, gaussian, threshold, generator)
+        total = total + dense_loss(d1, d2, a, b, n, window, gaussian, threshold, generator, anno)
     if perm is None:
         return total
     weight = 1.0
-    f1, f2 = flip_keypoints(k1, perm), flip_keypoints(k2, perm)
+    f1, f2 = flip_keypoints(k1, perm, anno), flip_keypoints(k2, perm, anno)
     k1p = k1[: len(perm)]
     terms = [(d1_flip, d2_flip, f1, f2, 1.0), (d1_flip, d1, f1, k1p, 0.25)]
     for x1, x2, q1, q2, w in terms:
         v = _visible(q1, q2)
         if v.any():
-            total = total + w * dense_loss(x1, x2, q1[v], q2[v], n, window, gaussian, threshold, generator)
+            total = total + w * dense_loss(x1, x2, q1[v], q2[v], n, window, gaussian, threshold, generator, anno)
             weight += w
     return total / weight

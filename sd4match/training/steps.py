@@ -10,7 +10,6 @@ import os
 import re
 from pathlib import Path
 
-from ..prompts import PROMPT_FORMAT
 from .config import CHECKPOINTS, POINTER, TrainError
 
 
@@ -34,17 +33,13 @@ class CheckpointSteps:
 
         if self.rank != 0:
             return
-        meta = {"variant": self.cfg.variant, "text_width": self.width, "categories": self.categories if self.cfg.variant == "class" else [],
-                "dino_dim": self.dino_dim if self.cfg.variant == "cpm" else 0,
-                "n_patches": self.n_patches if self.cfg.variant == "cpm" else 0, "step": self.step,
-                "config": dataclasses.asdict(self.cfg)}
         root = self.out / CHECKPOINTS
         root.mkdir(parents=True, exist_ok=True)
         name = f"step-{self.step:08d}"
         previous = self.current_step_dir()
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
         try:
-            self._write_step(tmp, ckpt, meta, with_best, previous)
+            self._write_step(tmp, ckpt, with_best, previous)
             final = root / name
             if final.exists():  # a step written before a crash, never pointed at
                 shutil.rmtree(final)
@@ -54,17 +49,35 @@ class CheckpointSteps:
             raise
         self._point_to(final)
 
-    def _write_step(self, tmp: Path, ckpt, meta: dict, with_best: bool, previous) -> None:
+    # ------------------------------------------------------------------ what a trainer provides
+    def write_weights(self, path: Path) -> None:
+        """Write the trained parameters (with their metadata) to ``path``."""
+        raise NotImplementedError
+
+    def restore_weights(self, step_dir: Path) -> int | None:
+        """Load the parameters of ``step_dir``; returns the step their metadata records (None: not recorded)."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict:
+        """More optimiser-side state for ``state.pt`` (a learning-rate schedule); tensors and plain values."""
+        return {}
+
+    def restore_extra(self, state: dict) -> None:
+        return None
+
+    # ------------------------------------------------------------------ steps
+    def _write_step(self, tmp: Path, ckpt, with_best: bool, previous) -> None:
         """The files of one checkpoint step; a write that fails (a full disk) is one TrainError line."""
         import shutil
 
         try:
-            ckpt.save(self.prompt, tmp / ckpt.LAST, **meta)
+            self.write_weights(tmp / ckpt.LAST)
             if with_best:
-                ckpt.save(self.prompt, tmp / ckpt.BEST, **meta)
+                self.write_weights(tmp / ckpt.BEST)
             elif previous is not None and (previous / ckpt.BEST).is_file():
                 shutil.copyfile(previous / ckpt.BEST, tmp / ckpt.BEST)
-            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best}, tmp / "state.pt")
+            self.torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "best": self.best,
+                             **self.extra_state()}, tmp / "state.pt")
             (tmp / "train_log.csv").write_text(self._log_text())
         except OSError:
             raise
@@ -132,25 +145,54 @@ class CheckpointSteps:
         differ = [k for k in mine if k not in ("max_steps", "epochs", "device") and saved.get(k) != mine[k]]
         if differ:
             raise TrainError(f"{self.out / 'config.json'}: --resume with different settings ({', '.join(differ)})")
-        module, meta = ckpt.load(step_dir / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
-                                 dino_dim=self.dino_dim if self.cfg.variant == "cpm" else None,
-                                 n_patches=self.n_patches if self.cfg.variant == "cpm" else None)
-        if meta["prompt_format"] != PROMPT_FORMAT:
-            raise TrainError(f"{step_dir / ckpt.LAST}: prompt format {meta['prompt_format']} (trained before corrbench "
-                             f"adopted SD4Match's prompt encoding) cannot be resumed; evaluate it as it is, or start a new run")
-        self.prompt.load_state_dict(module.state_dict())
+        recorded = self.restore_weights(step_dir)
         try:  # tensors and plain containers only: a planted pickle cannot run code here
             state = self.torch.load(step_dir / "state.pt", map_location=self.device, weights_only=True)
             self.opt.load_state_dict(state["optimizer"])
             self.step, self.best = int(state["step"]), float(state["best"])
+            self.restore_extra(state)
         except Exception as exc:
             raise TrainError(f"{step_dir / 'state.pt'}: not a readable optimiser state ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
-        if int(meta.get("step", self.step)) != self.step:
-            raise TrainError(f"{step_dir}: prompts of step {meta.get('step')} beside optimiser state of step {self.step}")
+        if recorded is not None and recorded != self.step:
+            raise TrainError(f"{step_dir}: weights of step {recorded} beside optimiser state of step {self.step}")
         self.log = []
         if (step_dir / "train_log.csv").is_file():
             with open(step_dir / "train_log.csv") as fh:
                 self.log = [r for r in csv.DictReader(fh) if int(r["step"]) <= self.step]
         if step_dir != self.out:
             self.publish(step_dir)
+
+    def run(self, progress: bool = True) -> None:
+        cfg = self.cfg
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.variant}", unit="step")
+        while self.step < self.total_steps:
+            loss = self.train_step()
+            epoch = (self.step - 1) // self.steps_per_epoch
+            row = {"step": self.step, "epoch": epoch, "loss": f"{loss:.6f}", "val_pck": ""}
+            end_of_epoch = self.step % self.steps_per_epoch == 0
+            val_due = (cfg.val_every and self.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
+            best = False
+            if val_due or self.step == self.total_steps:
+                pck = self.validate() if self.rank == 0 else None
+                if pck is not None:
+                    row["val_pck"] = f"{pck:.6f}"
+                    if pck > self.best:
+                        self.best, best = pck, True
+            # no validation split: nothing is called "best"; the result is last.safetensors
+            self.log.append(row)
+            if self.step % cfg.save_every == 0 or best or self.step == self.total_steps or end_of_epoch:
+                self.save(with_best=best)
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+        if bar:
+            bar.close()

@@ -125,6 +125,30 @@ class Trainer(CheckpointSteps):
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
+    # ------------------------------------------------------------------ checkpoint steps
+    def write_weights(self, path: Path) -> None:
+        from .. import checkpoint as ckpt
+
+        cfg = self.cfg
+        ckpt.save(self.prompt, path, variant=cfg.variant, text_width=self.width,
+                  categories=self.categories if cfg.variant == "class" else [],
+                  dino_dim=self.dino_dim if cfg.variant == "cpm" else 0,
+                  n_patches=self.n_patches if cfg.variant == "cpm" else 0, step=self.step,
+                  config=dataclasses.asdict(cfg))
+
+    def restore_weights(self, step_dir: Path) -> int | None:
+        from .. import checkpoint as ckpt
+        from ..prompts import PROMPT_FORMAT
+
+        module, meta = ckpt.load(step_dir / ckpt.LAST, variant=self.cfg.variant, text_width=self.width,
+                                 dino_dim=self.dino_dim if self.cfg.variant == "cpm" else None,
+                                 n_patches=self.n_patches if self.cfg.variant == "cpm" else None)
+        if meta["prompt_format"] != PROMPT_FORMAT:
+            raise TrainError(f"{step_dir / ckpt.LAST}: prompt format {meta['prompt_format']} (trained before corrbench "
+                             f"adopted SD4Match's prompt encoding) cannot be resumed; evaluate it as it is, or start a new run")
+        self.prompt.load_state_dict(module.state_dict())
+        return int(meta["step"]) if meta.get("step") not in (None, "") else None
+
     # ------------------------------------------------------------------ pieces
     def _posterior(self, imgs, keys):
         torch = self.torch
@@ -249,37 +273,3 @@ class Trainer(CheckpointSteps):
         proto = dataclasses.replace(protocols_for(cfg.dataset, ["sd4match"])[0], alphas=(0.1,))
         correct, counts = per_pair(hits(arrays, xy, proto), arrays.offsets)
         return float((correct[0] / counts).mean())
-
-    def run(self, progress: bool = True) -> None:
-        cfg = self.cfg
-        bar = None
-        if progress and self.rank == 0:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {cfg.variant}", unit="step")
-        while self.step < self.total_steps:
-            loss = self.train_step()
-            epoch = (self.step - 1) // self.steps_per_epoch
-            row = {"step": self.step, "epoch": epoch, "loss": f"{loss:.6f}", "val_pck": ""}
-            end_of_epoch = self.step % self.steps_per_epoch == 0
-            val_due = (cfg.val_every and self.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
-            best = False
-            if val_due or self.step == self.total_steps:
-                pck = self.validate() if self.rank == 0 else None
-                if pck is not None:
-                    row["val_pck"] = f"{pck:.6f}"
-                    if pck > self.best:
-                        self.best, best = pck, True
-            # no validation split: nothing is called "best"; the result is last.safetensors
-            self.log.append(row)
-            if self.step % cfg.save_every == 0 or best or self.step == self.total_steps or end_of_epoch:
-                self.save(with_best=best)
-            if self.world > 1:
-                import torch.distributed as dist
-
-                dist.barrier()
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-        if bar:
-            bar.close()

@@ -74,3 +74,36 @@ def test_two_process_training_matches_single_process(tmp_path):
     # gradient is within rounding of zero may land differently
     assert same.float().mean() > 0.99 and (a - b).abs().max() <= 2 * 2 * 0.01 + 1e-6
     assert not torch.equal(a, torch.zeros_like(a))
+
+
+def test_two_process_head_training_equals_single_process(tmp_path):
+    """Each rank takes one pair of the global batch of 2 and the gradients of loss/2 are summed: the
+    two-process step is the single-process step (the feature cache is filled by both ranks)."""
+    from .test_head_training import _root
+
+    root = _root(tmp_path)
+    env = _env(tmp_path)
+    common = ["--variant", "geoaware-head", "--preset", "tiny", "--dataset", "spair-71k", "--data-root", str(root),
+              "--batch-size", "2", "--quiet", "--set", f"cache_dir={tmp_path / 'features'}"]
+    res = _torchrun(["sd4match.train", *common, "--out", str(tmp_path / "two")], env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "22 maps computed here" not in res.stderr  # the ranks shared the filling
+    res = subprocess.run([sys.executable, "-m", "sd4match.train", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "0 maps computed here, 22 read from earlier runs" in res.stderr
+
+    def log(d):
+        with open(d / "train_log.csv") as fh:
+            return list(csv.DictReader(fh))
+
+    one, two = log(tmp_path / "one"), log(tmp_path / "two")
+    assert len(one) == len(two) == 4
+    for x, y in zip(one, two):
+        assert abs(float(x["loss"]) - float(y["loss"])) <= 1e-5 * abs(float(x["loss"]))
+        assert x["val_pck"] == y["val_pck"]
+    a = load_file(str(tmp_path / "one" / "last.safetensors"))
+    b = load_file(str(tmp_path / "two" / "last.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5), k

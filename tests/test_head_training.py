@@ -113,14 +113,14 @@ def test_cached_features_serve_other_heads_and_renamed_images_without_any_backbo
     shutil.copytree(spair, moved)
     capsys.readouterr()
     assert _train(moved, tmp_path / "b", cache, "--set", "projection_dim=64", "--set", "bottleneck=32") == 0
-    assert "0 maps computed here, 22 read from earlier runs" in capsys.readouterr().err
+    assert "0 maps computed, 22 found in the cache" in capsys.readouterr().err
     assert load_file(str(tmp_path / "b" / "last.safetensors"))["bottleneck_layers.0.0.conv3.weight"].shape[0] == 64
 
     # a damaged entry counts as missing: computed again (the backbone is back for it)
     monkeypatch.undo()
     files[0].write_bytes(files[0].read_bytes()[:50])
     assert _train(spair, tmp_path / "c", cache) == 0
-    assert "1 maps computed here, 21 read from earlier runs" in capsys.readouterr().err
+    assert "1 maps computed, 21 found in the cache" in capsys.readouterr().err
 
 
 def test_float16_cache_halves_the_size_and_trains(spair, tmp_path, capsys):

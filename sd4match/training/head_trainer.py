@@ -166,7 +166,7 @@ class HeadTrainer(CheckpointSteps):
             r, side, flip = todo[0]
             self.cache.load(self.keys[r[f"{side}_image"]], r["category"], flip)
         if self.rank == 0:
-            say(f"feature cache: {self.cache.computed} maps computed here, {n_present} read from earlier runs")
+            say(f"feature cache: {self.cache.computed} maps computed, {n_present} found in the cache")
 
     # ------------------------------------------------------------------ head
     def _build_head(self) -> None:

@@ -20,18 +20,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from .keypoint_results import extra_hits, keypoint_sets_of, per_pair_extra, subset_rows
 from .pck import PairArrays, aggregate, hits, per_pair
 from .protocol import Protocol, parse_alphas, protocols_for
 
 RESULT_COLUMNS = [
     "matcher", "dataset", "split", "precision", "tta", "protocol", "threshold", "frame", "aggregate", "readout",
     "direction", "category", "alpha", "pck", "ci_low", "ci_high", "n_pairs", "n_kps", "split_pairs", "subset",
+    "metric", "keypoints",
 ]
 #: the bootstrap behind ``ci_low`` / ``ci_high``: pairs resampled with replacement, percentile interval
 BOOTSTRAP = {"resamples": 1000, "seed": 0, "level": 0.95}
 BREAKDOWN_RESULT_COLUMNS = RESULT_COLUMNS[:11] + ["category", "breakdown", "level", "alpha", "pck", "n_pairs", "n_kps",
                                                    "split_pairs", "subset"]
-PER_PAIR_COLUMNS = ["pair_id", "category", "readout", "protocol", "threshold", "frame", "alpha", "fraction_correct", "n_kps"]
+PER_PAIR_COLUMNS = ["pair_id", "category", "readout", "protocol", "threshold", "frame", "alpha", "fraction_correct", "n_kps",
+                    "metric", "keypoints"]
 
 
 def bootstrap_weights(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -72,7 +75,8 @@ def category_label(name: str) -> str:
 
 def _row(meta, proto: Protocol, readout: str, **kw) -> dict:
     return {
-        "precision": "no-model", "tta": "none", "split_pairs": None, "subset": "all", **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
+        "precision": "no-model", "tta": "none", "split_pairs": None, "subset": "all", "metric": "pck", "keypoints": "all",
+        **meta, "protocol": proto.name, "threshold": proto.threshold, "frame": proto.frame,
         "aggregate": proto.aggregate, "readout": readout, "direction": proto.direction, **kw,
     }
 
@@ -97,6 +101,7 @@ def evaluate(
     W = bootstrap_weights(len(pairs.pair_id), BOOTSTRAP["resamples"], BOOTSTRAP["seed"]) if len(pairs.pair_id) else None
     rows, brows = [], []
     cache: dict[tuple, tuple] = {}
+    sets = keypoint_sets_of(dataset_rows, meta.get("dataset", ""))
     for proto in protocols:
         for readout in sorted(preds):
             key = (proto.threshold, proto.frame, proto.alphas, readout)
@@ -116,6 +121,10 @@ def evaluate(
                 for c, cat in enumerate(cats):
                     rows.append(_row(meta, proto, readout, category=str(cat), alpha=alpha,
                                      pck=float(by_cat[a, c]), n_pairs=int(n_pairs_cat[c]), n_kps=int(n_kps_cat[c])))
+            for metric, keypoints, h in extra_hits(pairs, hit, preds[readout], proto, sets):
+                rows += subset_rows(lambda *a, **k: _row(meta, *a, **k),
+                                    lambda *a: bootstrap_interval(*a, BOOTSTRAP["level"]),
+                                    proto, readout, metric, keypoints, h, pairs, cat_idx, cats, W)
             # breakdowns: SPair-71k difficulty levels (pair-level), and keypoint ids (point-level)
             if proto.aggregate != "category":
                 for col, lv in pairs.levels.items():
@@ -147,11 +156,14 @@ def evaluate(
     return results, breakdowns
 
 
-def per_pair_table(dataset_rows: pa.Table, preds: dict[str, np.ndarray], protocols: list[Protocol]) -> pa.Table:
-    """One row per (pair, readout, protocol, alpha): the fraction of the pair's keypoints correct.
-    Protocols that differ only in their aggregate share these rows (named by the first of them)."""
+def per_pair_table(dataset_rows: pa.Table, preds: dict[str, np.ndarray], protocols: list[Protocol],
+                   dataset: str = "") -> pa.Table:
+    """One row per (pair, readout, protocol, alpha, metric, keypoints): the fraction of the pair's
+    keypoints (of that subset; pairs without one left out) correct. Protocols that differ only in
+    their aggregate share these rows (named by the first of them)."""
     pairs = PairArrays.from_table(dataset_rows)
     counts = np.diff(pairs.offsets)
+    sets = keypoint_sets_of(dataset_rows, dataset)
     cols: dict[str, list] = {c: [] for c in PER_PAIR_COLUMNS}
     seen = set()
     for proto in protocols:
@@ -160,18 +172,25 @@ def per_pair_table(dataset_rows: pa.Table, preds: dict[str, np.ndarray], protoco
             if key in seen:
                 continue
             seen.add(key)
-            correct = per_pair(hits(pairs, preds[readout], proto), pairs.offsets)[0]
-            for a, alpha in enumerate(proto.alphas):
-                n = len(counts)
-                cols["pair_id"] += list(pairs.pair_id)
-                cols["category"] += [category_label(c) for c in pairs.category]
-                cols["readout"] += [readout] * n
-                cols["protocol"] += [proto.name] * n
-                cols["threshold"] += [proto.threshold] * n
-                cols["frame"] += [proto.frame] * n
-                cols["alpha"] += [float(alpha)] * n
-                cols["fraction_correct"] += (correct[a] / counts).tolist()
-                cols["n_kps"] += counts.tolist()
+            hit = hits(pairs, preds[readout], proto)
+            variants = [("pck", "all", hit, None)] + per_pair_extra(pairs, hit, preds[readout], proto, sets)
+            for metric, keypoints, h, keep in variants:
+                correct = per_pair(h, pairs.offsets)[0]
+                n_here = counts if keep is None else np.add.reduceat(keep.astype(np.int64), pairs.offsets[:-1])
+                has = n_here > 0
+                for a, alpha in enumerate(proto.alphas):
+                    n = int(has.sum())
+                    cols["pair_id"] += list(pairs.pair_id[has])
+                    cols["category"] += [category_label(c) for c in pairs.category[has]]
+                    cols["readout"] += [readout] * n
+                    cols["protocol"] += [proto.name] * n
+                    cols["threshold"] += [proto.threshold] * n
+                    cols["frame"] += [proto.frame] * n
+                    cols["alpha"] += [float(alpha)] * n
+                    cols["fraction_correct"] += (correct[a][has] / n_here[has]).tolist()
+                    cols["n_kps"] += n_here[has].tolist()
+                    cols["metric"] += [metric] * n
+                    cols["keypoints"] += [keypoints] * n
     return pa.table({k: pa.array(v) for k, v in cols.items()})
 
 
@@ -198,7 +217,7 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
     protos = protocols_for(dataset, protocol_names, alphas)
     subset = "all" if rows.num_rows == table.num_rows else f"{rows.num_rows} predicted"
     if per_pair_out is not None:
-        per_pair_out += [per_pair_table(rows, xy, protos), protos, subset, table.num_rows, rows.num_rows]
+        per_pair_out += [per_pair_table(rows, xy, protos, dataset), protos, subset, table.num_rows, rows.num_rows]
     return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision,
                                        "tta": tta, "split_pairs": table.num_rows, "subset": subset})
 

@@ -278,7 +278,7 @@ def run(args) -> Path:
     t_eval = time.perf_counter() - t2
 
     write_parquet(pred, out / "predictions.parquet")
-    write_parquet(per_pair_table(rows, xy, protocols), out / "per_pair.parquet")
+    write_parquet(per_pair_table(rows, xy, protocols, args.dataset), out / "per_pair.parquet")
     write_text(out / "results.csv", to_csv_text(results))
     write_text(out / "breakdowns.csv", to_csv_text(breakdowns))
     record = {

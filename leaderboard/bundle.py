@@ -54,7 +54,8 @@ MAX_RATIO = 200
 #: the fixed time stamp of every member (the same run packs to the same bytes)
 STAMP = (2020, 1, 1, 0, 0, 0)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-RESULT_KEY = ["protocol", "frame", "threshold", "aggregate", "readout", "direction", "category", "alpha"]
+RESULT_KEY = ["protocol", "frame", "threshold", "aggregate", "readout", "direction", "category", "alpha", "metric",
+              "keypoints"]
 RESULT_NUMBERS = ["pck", "ci_low", "ci_high", "n_pairs", "n_kps"]
 
 
@@ -303,7 +304,7 @@ def rescore(src: Source, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             "precision": str(first.get("precision", "unknown")), "tta": str(first.get("tta", "none")),
             "split_pairs": table.num_rows, "subset": str(first.get("subset", rec.get("subset", "all")))}
     results, _ = evaluate(rows, xy, protos, meta)
-    per_pair = per_pair_table(rows, xy, protos).to_pandas()
+    per_pair = per_pair_table(rows, xy, protos, dataset).to_pandas()
     return results, per_pair
 
 
@@ -347,7 +348,9 @@ def compare(src: Source, results: pd.DataFrame, per_pair: pd.DataFrame) -> str |
         k = dict(zip(key, extra[0]))
         return f"protocol {k['protocol']}, category {k['category']}, alpha {k['alpha']:g}: recomputed, but missing from results.csv"
     pp = src.table("per_pair.parquet")
-    pkey = ["pair_id", "readout", "protocol", "alpha"]
+    pkey = ["pair_id", "readout", "protocol", "alpha"] + [c for c in ("metric", "keypoints") if c in pp.columns]
+    if "metric" not in pp.columns:  # a bundle written before the extra metrics: compare its plain PCK
+        per_pair = per_pair[(per_pair["metric"] == "pck") & (per_pair["keypoints"] == "all")]
     if any(c not in pp.columns for c in pkey + ["fraction_correct"]):
         return "per_pair.parquet lacks its columns"
     a = pp.assign(alpha=pp["alpha"].astype(float).round(9)).set_index(pkey)["fraction_correct"]

@@ -38,6 +38,9 @@ def _per_pair(run: Path) -> pd.DataFrame:
     missing = sorted(set(NEED) - set(df.columns))
     if missing:
         raise LeaderboardError(f"{path}: missing column(s) {missing}")
+    for col, value in (("metric", "pck"), ("keypoints", "all")):  # plain PCK on all keypoints is compared
+        if col in df.columns:
+            df = df[df[col].fillna(value).astype(str) == value].reset_index(drop=True)
     for col, kind in NEED.items():
         if kind == "number":
             values = pd.to_numeric(df[col], errors="coerce") if df[col].dtype == object else df[col]

@@ -105,6 +105,17 @@ def _validate(df: pd.DataFrame, where: str) -> None:
             df[col] = df[col].map(lambda v: v if pd.isna(v) else clean_text(v))
 
 
+def plain_pck(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of plain PCK on all keypoints (``metric`` pck, ``keypoints`` all; runs written before
+    those columns existed hold only these). PCK-dagger and the keypoint subsets stand beside them in
+    ``results.csv``."""
+    keep = pd.Series(True, index=df.index)
+    for col, value in (("metric", "pck"), ("keypoints", "all")):
+        if col in df.columns:
+            keep &= df[col].fillna(value).astype(str) == value
+    return df[keep].reset_index(drop=True)
+
+
 def read_reported(path: str | Path | None = None) -> pd.DataFrame:
     """Published numbers as tidy rows (``kind = reported``), validated like measured ones."""
     where = str(path or "leaderboard/data/reported.csv")
@@ -193,6 +204,7 @@ def read_run(run_dir: str | Path, label: str | None = None) -> pd.DataFrame:
     missing = sorted(need - set(df.columns))
     if missing:
         raise LeaderboardError(f"{res}: missing column(s) {missing}")
+    df = plain_pck(df)
     _validate(df, str(res))
     for name in set(df["dataset"].astype(str)):
         safe_name(name, f"{res}: column 'dataset'")

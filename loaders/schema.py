@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 DATASETS = ("spair-71k", "pf-pascal", "pf-willow", "spair-u", "ap-10k", "cub-200-2011")
 SPLITS = ("trn", "val", "test")
@@ -72,6 +72,10 @@ SCHEMA = pa.schema(
         pa.field("src_pose", pa.string()),
         pa.field("trg_pose", pa.string()),
         pa.field("mirror", pa.bool_()),
+        # ids visible in each image, beyond the pair's matched keypoints (null: not known for this pair;
+        # SPair-71k reads them from ImageAnnotation/ where present, AP-10K from its per-image visibility)
+        pa.field("src_visible_ids", pa.list_(pa.int32())),
+        pa.field("trg_visible_ids", pa.list_(pa.int32())),
     ],
     metadata={"corrbench.schema_version": str(SCHEMA_VERSION)},
 )

@@ -7,6 +7,7 @@ Pairs come from ``Layout/{large,small}/{trn,val,test}.txt``; each line names
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -88,12 +89,15 @@ LEVELS = {"viewpoint_variation": range(3), "scale_variation": range(3), "truncat
 
 
 def load(root: str | os.PathLike, split: str, layout: str = "large", *, folder: str = "PairAnnotation",
-         dataset: str = "spair-71k", subset_of_layout: bool = False, ids_optional: bool = False) -> schema.pa.Table:
+         dataset: str = "spair-71k", subset_of_layout: bool = False, ids_optional: bool = False,
+         image_annotations: bool = True) -> schema.pa.Table:
     """Read one split of SPair-71k into a table in :data:`loaders.schema.SCHEMA`.
 
     ``folder``, ``dataset``, ``subset_of_layout`` and ``ids_optional`` serve SPair-U (new keypoints
     on SPair-71k test pairs, see :mod:`loaders.spairu`): annotations from another folder, only the
-    layout's pairs that have one, and ``kps_ids`` allowed to be absent.
+    layout's pairs that have one, and ``kps_ids`` allowed to be absent; ``image_annotations``: read
+    each image's visible keypoint ids from ``ImageAnnotation/`` where present (SPair-U's keypoint ids
+    are its own, so it does not).
     """
     root = Path(root)
     names = read_layout(root, split, layout)
@@ -179,13 +183,59 @@ def load(root: str | os.PathLike, split: str, layout: str = "large", *, folder: 
                 v = str(v)
             cols[key].append(v)
         cols["mirror"].append(bool(mirror))
+        for side, key in (("src", "src_imname"), ("trg", "trg_imname")):
+            cols[f"{side}_visible_ids"].append(visible_ids(root, category, ann[key], kps_ids, path)
+                                               if image_annotations else None)
     n = len(cols["pair_id"])
     cols["dataset"] = [dataset] * n
     cols["split"] = [split] * n
     return schema.to_table(cols)
 
 
+def image_annotation(root: Path, category: str, image: str) -> Path:
+    return root / "ImageAnnotation" / category / (Path(image).stem + ".json")
+
+
+def visible_ids(root: Path, category: str, image: str, kps_ids: list[int], pair_path: Path) -> list[int] | None:
+    """The keypoint ids visible in an image, from its ``ImageAnnotation`` file (``kps``: id -> [x, y]
+    or null); None where the file is absent. The pair's matched ids must be among them."""
+    path = image_annotation(root, category, image)
+    if not os.path.lexists(path):
+        return None
+    inside_root(root, f"ImageAnnotation/{category}/{path.name}", str(pair_path), "image annotation")
+    ann = read_json_object(path, "image annotation")
+    kps = ann.get("kps")
+    if not isinstance(kps, dict):
+        raise DatasetError(f"{path}: field 'kps' must be an object of id -> [x, y] or null")
+    out = []
+    for k, v in kps.items():
+        if not (isinstance(k, str) and k.isdigit() and int(k) < 1000):
+            raise DatasetError(f"{path}: field 'kps' has key {k!r}, not a keypoint id in 0..999"[:200])
+        if v is None:
+            continue
+        if not (isinstance(v, list) and len(v) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                             and math.isfinite(c) for c in v)):
+            raise DatasetError(f"{path}: keypoint {k} must be [x, y] finite numbers or null, got {v!r}"[:200])
+        out.append(int(k))
+    missing = sorted(set(kps_ids) - set(out))
+    if missing:
+        raise DatasetError(f"{path}: keypoints {missing} of pair {pair_path.name} are not visible in this image annotation")
+    return sorted(out)
+
+
 def source_files(root: str | os.PathLike, split: str, layout: str = "large", folder: str = "PairAnnotation") -> list[Path]:
-    """Every file the split's table is derived from (for cache keys)."""
+    """Every file the split's table is derived from (for cache keys): the layout, the pair
+    annotations and the image annotations present."""
     root = Path(root)
-    return [layout_file(root, split, layout), *annotation_files(root, split, read_layout(root, split, layout), folder)]
+    names = read_layout(root, split, layout)
+    pairs = annotation_files(root, split, names, folder)
+    images = set()
+    for name in names:  # <id>-<src>-<trg>:<category>
+        head, _, category = name.rpartition(":")
+        parts = head.split("-")
+        if category and len(parts) >= 3:
+            for stem in (parts[1], "-".join(parts[2:])):
+                p = root / "ImageAnnotation" / category / f"{stem}.json"
+                if os.path.isfile(p):
+                    images.add(p)
+    return [layout_file(root, split, layout), *pairs, *sorted(images)]

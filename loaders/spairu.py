@@ -36,7 +36,7 @@ def _folder(layout: str) -> str:
 
 def load(root: str | os.PathLike, split: str, layout: str = "marco"):
     return spair.load(root, split, "large", folder=_folder(layout), dataset="spair-u", subset_of_layout=True,
-                      ids_optional=True)
+                      ids_optional=True, image_annotations=False)
 
 
 def source_files(root: str | os.PathLike, split: str, layout: str = "marco") -> list[Path]:

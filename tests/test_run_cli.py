@@ -37,7 +37,16 @@ def test_identity_run_outputs(spair_root, tmp_path, capsys):
     assert set(res.frame) == {"original", "resized-768x768"}
     assert set(res.threshold) == {"bbox"}
     assert set(res["aggregate"]) == {"image", "point", "category"}
-    assert res.pck.between(0, 1).all() and (res[res.category == "all"].n_pairs == 40).all()
+    plain = res[(res.metric == "pck") & (res.keypoints == "all")]
+    assert res.pck.between(0, 1).all() and (plain[plain.category == "all"].n_pairs == 40).all()
+    # PCK-dagger and the geometry-aware subsets stand beside plain PCK, never above it in count or score
+    assert set(res.metric) == {"pck", "pck-dagger"} and set(res.keypoints) == {"all", "geo-aware", "geo-aware-release"}
+    key = ["protocol", "aggregate", "readout", "category", "alpha"]
+    whole = plain[plain.category == "all"].set_index(key)
+    dag = res[(res.metric == "pck-dagger") & (res.category == "all")].set_index(key)
+    assert (dag.pck <= whole.pck.reindex(dag.index) + 1e-9).all() and (dag.n_kps == whole.n_kps.reindex(dag.index)).all()
+    geo = res[(res.keypoints == "geo-aware") & (res.category == "all")].set_index(key)
+    assert (geo.n_kps < whole.n_kps.reindex(geo.index)).all() and (geo.n_kps > 0).all()
     br = pd.read_csv(out / "breakdowns.csv")
     assert {"viewpoint_variation", "scale_variation", "truncation", "occlusion", "kps_id"} <= set(br.breakdown)
     run = json.loads((out / "run.json").read_text())
@@ -129,6 +138,8 @@ def test_identity_on_real_pfwillow(tmp_path):
     out = tmp_path / "run"
     assert run_cli(["--matcher", "identity", "--dataset", "pf-willow", "--data-root", str(root), "--out", str(out), "--quiet"]) == 0
     res = pd.read_csv(out / "results.csv")
+    assert set(res.keypoints) == {"all"}  # PF-Willow has no geometry-aware table
+    res = res[res.metric == "pck"]
     allr = res[(res.category == "all") & (res.protocol == "dift") & (res["aggregate"] == "image")]
     assert list(allr.n_pairs) == [900] * 3 and set(allr.threshold) == {"bbox-kp"}
     # a floor, well below real matchers: identity PCK@0.1 on PF-Willow is low but not zero
@@ -282,11 +293,16 @@ def test_per_pair_table_intervals_and_paired_comparison(spair_root, tmp_path, ca
                     "--protocol", "sd4match"]) == 0
     per = pq.read_table(a / "per_pair.parquet").to_pandas()
     assert list(per.columns) == ["pair_id", "category", "readout", "protocol", "threshold", "frame", "alpha",
-                                 "fraction_correct", "n_kps"]
+                                 "fraction_correct", "n_kps", "metric", "keypoints"]
     res = pd.read_csv(a / "results.csv")
-    row = res[(res.category == "all") & (res.protocol == "sd4match") & (res.alpha == 0.1)].iloc[0]
-    sub = per[(per.protocol == "sd4match") & (per.alpha == 0.1)]
+    row = res[(res.category == "all") & (res.protocol == "sd4match") & (res.alpha == 0.1) & (res.metric == "pck")
+              & (res.keypoints == "all")].iloc[0]
+    sub = per[(per.protocol == "sd4match") & (per.alpha == 0.1) & (per.metric == "pck") & (per.keypoints == "all")]
     assert len(sub) == 40 and np.isclose(sub.fraction_correct.mean(), row.pck)  # per-image PCK = mean of the table
+    for (metric, kps), rows in per[(per.protocol == "sd4match") & (per.alpha == 0.1)].groupby(["metric", "keypoints"]):
+        r = res[(res.category == "all") & (res.protocol == "sd4match") & (res.alpha == 0.1) & (res.metric == metric)
+                & (res.keypoints == kps) & (res["aggregate"] == "image")].iloc[0]
+        assert np.isclose(rows.fraction_correct.mean(), r.pck) and len(rows) == r.n_pairs and rows.n_kps.sum() == r.n_kps
     assert row.ci_low <= row.pck <= row.ci_high and row.ci_high - row.ci_low > 0
     assert res[res.category != "all"].ci_low.isna().all()
     again = run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(spair_root), "--out",

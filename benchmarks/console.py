@@ -78,6 +78,30 @@ def _main_protocol(results: pd.DataFrame, dataset: str) -> tuple[str, str, str, 
     return sorted(have)[0] if have else None
 
 
+def _beside(every: pd.DataFrame, key, own: str | None, alphas: list[float]) -> str:
+    """One line: PCK-dagger and the geometry-aware subsets under the main protocol, own readout."""
+    if "metric" not in every.columns or not alphas:
+        return ""
+    name, frame, threshold, aggregate = key
+    r = every[(every["protocol"] == name) & (every["frame"] == frame) & (every["threshold"] == threshold)
+              & (every["aggregate"] == aggregate) & (every["category"] == "all")]
+    readout = own if own in set(r["readout"]) else (sorted(set(r["readout"]))[0] if len(r) else None)
+    a = 0.1 if any(abs(x - 0.1) < 1e-9 for x in alphas) else max(alphas)
+    r = r[(r["readout"] == readout) & ((r["alpha"] - a).abs() < 1e-9)]
+    plain = r[(r["metric"] == "pck") & (r["keypoints"] == "all")]
+    parts = []
+    for (metric, kps), g in r.groupby(["metric", "keypoints"], sort=False):
+        if (metric, kps) == ("pck", "all"):
+            continue
+        v = 100 * float(g["pck"].iloc[0])
+        if kps == "all":
+            parts.append(f"{metric} {v:.1f}")
+        else:
+            total = int(plain["n_kps"].iloc[0]) if len(plain) else 0
+            parts.append(f"{kps} {v:.1f} on {int(g['n_kps'].iloc[0]):,} of {total:,} keypoints")
+    return f"beside it at PCK@{a:g} ({readout}): " + "; ".join(parts) if parts else ""
+
+
 def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = None, subset: str = "all",
                 split_pairs: int | None = None) -> str:
     """The text printed after a run."""
@@ -89,6 +113,10 @@ def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = N
     if prov.get("random_weights"):
         lines.append(f"RANDOM WEIGHTS ({', '.join(prov['random_weights'])}): these numbers test the pipeline, "
                      "not the method")
+    every = results
+    for col, value in (("metric", "pck"), ("keypoints", "all")):
+        if col in results.columns:
+            results = results[results[col] == value]
     key = _main_protocol(results, dataset)
     if key is None:
         return "\n".join(lines + ["(no results)"])
@@ -116,6 +144,9 @@ def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = N
     if prov.get("default_readout") in set(r["readout"]) and r["readout"].nunique() > 1:
         lines.append("(own): the method's own readout, the one tables and comparisons use; the others are computed, "
                      "not chosen on the test split")
+    beside = _beside(every, key, prov.get("default_readout"), alphas)
+    if beside:
+        lines.append(beside)
     others = sorted(set(results["protocol"]) - {name})
     if others:
         lines.append(f"other protocols ({', '.join(others)}) and categories: results.csv")

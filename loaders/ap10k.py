@@ -151,6 +151,8 @@ def load(root: str | os.PathLike, split: str) -> schema.pa.Table:
         cols["kps_ids"].append(common)
         cols["src_bbox"].append(src["bbox"])
         cols["trg_bbox"].append(trg["bbox"])
+        cols["src_visible_ids"].append([i for i in range(N_KPS) if src["vis"][i]])
+        cols["trg_visible_ids"].append([i for i in range(N_KPS) if trg["vis"][i]])
     n = len(cols["pair_id"])
     cols["dataset"] = ["ap-10k"] * n
     cols["split"] = [split] * n

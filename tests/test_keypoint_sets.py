@@ -85,3 +85,93 @@ def test_pck_dagger_equals_jamaisvu_on_the_fixture():
     assert np.allclose(correct / n, meta["pck_per_keypoint"], atol=1e-7)  # the release stores float32
     assert np.allclose(dagger / n, meta["pck_dagger_per_keypoint"], atol=1e-7)
     assert (dagger <= correct).all() and dagger[0] < correct[0]
+
+
+def _real_spair(tmp_path):
+    """The 18 real SPair-71k test pairs and the two real image annotations of the aeroplane pair."""
+    import shutil
+
+    from .conftest import shared
+
+    src = shared("SPair-71k", "PairAnnotation", "test")
+    files = sorted(src.glob("*.json"))
+    shutil.copytree(src, tmp_path / "PairAnnotation" / "test")
+    shutil.copytree(shared("SPair-71k", "ImageAnnotation"), tmp_path / "ImageAnnotation")
+    (tmp_path / "Layout" / "large").mkdir(parents=True)
+    (tmp_path / "Layout" / "large" / "test.txt").write_text("\n".join(f.stem for f in files) + "\n")
+    return tmp_path
+
+
+def test_geometry_aware_subsets_of_real_spair_pairs_worked_out_by_hand(tmp_path):
+    """Expected sets derived by hand from the rule (module docstring) and the tables; the aeroplane pair
+    has its image annotations (target visible: 0, 1, 2, 16, 18, 19, 22, 23), the others only their
+    matched keypoints, so that only those are known visible."""
+    import loaders
+    from benchmarks.keypoint_sets import geo_masks
+
+    table = loaders.load("spair-71k", _real_spair(tmp_path), "test")
+    rows = table.to_pylist()
+    masks = geo_masks(table, "spair-71k")
+    offsets = np.cumsum([0] + [len(r["kps_ids"]) for r in rows])
+    got = {v: {r["category"]: [i for i, f in zip(r["kps_ids"], masks[v][offsets[k]:offsets[k + 1]]) if f]
+               for k, r in enumerate(rows)} for v in masks}
+    plane = next(r for r in rows if r["category"] == "aeroplane")
+    assert plane["trg_visible_ids"] == [0, 1, 2, 16, 18, 19, 22, 23] and plane["kps_ids"] == [0, 16, 18, 19, 23]
+    # aeroplane: [16, 17] has one member in the target; [18, 19] two, both matched
+    # car {1, 11, 14, 17, 19}: only the wheel group [11, 14, 21, 24] has two members
+    # cat {1, 2, 3, 4, 5, 7, 8, 9, 10, 13, 14}: ears [2, 3], paws [9, 10, 11, 12]; 0 and 1 are singletons
+    # bus {11, 12, 13, 14, 16, 18}: wheels [11, 14, 21, 24] by id; the release's positions 1, 2 are ids 12, 13
+    # tvmonitor, chair: every matched id sits in a group with another matched id
+    defined = {"aeroplane": [18, 19], "car": [11, 14], "cat": [2, 3, 9, 10], "bus": [11, 14],
+               "tvmonitor": [0, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15], "chair": [0, 1, 2, 3, 4, 5, 7, 8, 9]}
+    for cat, ids in defined.items():
+        assert got["geo-aware"][cat] == ids, cat
+    release = {**defined, "bus": [12, 13]}
+    for cat, ids in release.items():
+        assert got["geo-aware-release"][cat] == ids, cat
+
+
+def test_image_annotations_are_checked(tmp_path):
+    import json as _json
+
+    import loaders
+    from loaders import DatasetError
+
+    root = _real_spair(tmp_path)
+    path = root / "ImageAnnotation" / "aeroplane" / "2008_007604.json"
+    ann = _json.loads(path.read_text())
+    ann["kps"]["16"] = None  # a matched keypoint the image annotation calls invisible
+    path.write_text(_json.dumps(ann))
+    with pytest.raises(DatasetError, match=r"2008_007604.json: keypoints \[16\] of pair .* are not visible"):
+        loaders.load("spair-71k", root, "test")
+    ann["kps"]["16"] = [1, float("nan")]
+    path.write_text(_json.dumps(ann).replace("NaN", "null").replace("[1, null]", '[1, "x"]'))
+    with pytest.raises(DatasetError, match="keypoint 16 must be"):
+        loaders.load("spair-71k", root, "test")
+
+
+def test_pck_dagger_rows_through_evaluate_on_a_crafted_swap():
+    """Two keypoints whose predictions are swapped: PCK at a large alpha counts both, PCK-dagger neither."""
+    import pyarrow as pa
+
+    from benchmarks.evaluate import evaluate
+    from benchmarks.protocol import protocols_for
+    from loaders.schema import empty_columns, to_table
+
+    cols = empty_columns()
+    row = {"pair_id": "p", "dataset": "spair-71k", "split": "test", "category": "cat", "src_image": "a.jpg",
+           "trg_image": "b.jpg", "src_width": 100, "src_height": 100, "trg_width": 100, "trg_height": 100,
+           "src_kps": [[10, 10], [20, 10]], "trg_kps": [[10, 10], [20, 10]], "kps_ids": [2, 3],
+           "src_bbox": [0, 0, 100, 100], "trg_bbox": [0, 0, 100, 100]}
+    for k, v in row.items():
+        cols[k].append(v)
+    table = to_table(cols)
+    assert isinstance(table, pa.Table)
+    pred = np.array([[20, 10], [10, 10]], float)
+    res, _ = evaluate(table, {"nn": pred}, protocols_for("spair-71k", ["original"], (0.2,)),
+                      {"matcher": "m", "dataset": "spair-71k", "split": "test"})
+    whole = res[(res.category == "all") & (res["aggregate"] == "point")]
+    assert whole[(whole.metric == "pck") & (whole.keypoints == "all")].pck.item() == 1.0
+    assert whole[whole.metric == "pck-dagger"].pck.item() == 0.0
+    # ears 2 and 3 are one group, both matched: both are geometry-aware
+    assert whole[whole.keypoints == "geo-aware"].n_kps.item() == 2

@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha", type=_alpha, default=0.1)
     c.add_argument("--shared-pairs", dest="shared_pairs", action="store_true",
                    help="compare runs that evaluated different pairs on the pairs they share")
+    e = sub.add_parser("explain", help="every difference between two runs that can move their numbers, and how much "
+                       "of the gap their protocol and readout explain")
+    e.add_argument("run_a", type=Path)
+    e.add_argument("run_b", type=Path)
+    e.add_argument("--alpha", type=_alpha, default=0.1)
+    e.add_argument("--data-root", dest="data_root", type=Path, default=None,
+                   help="the dataset copy to re-score A with (default: the one A's run.json records)")
     k = sub.add_parser("pack", help="write a run's result bundle (one portable, verifiable file)")
     k.add_argument("run", type=Path)
     k.add_argument("--out", required=True, type=Path, help="NAME.corrbench.zip")
@@ -105,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {getattr(exc, 'filename', None) or 'output'}: cannot write ({exc.strerror or exc})",
                   file=sys.stderr)
             return 2
+    if args.command == "explain":
+        from .explain import explain
+
+        try:
+            print(explain(args.run_a, args.run_b, args.alpha, args.data_root))
+        except LeaderboardError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "compare":
         from .compare import compare
 

@@ -77,7 +77,8 @@ def test_tiny_head_trains_then_evaluates_through_geoaware_and_lands_in_the_leade
     assert "using preset tiny, the one it was trained with" in capsys.readouterr().err
     with open(ev / "results.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["readout"] == "geoaware-soft-argmax" and r["aggregate"] == "image"
-                and float(r["alpha"]) == 0.1 and r["category"] == "all"]
+                and float(r["alpha"]) == 0.1 and r["category"] == "all" and r["metric"] == "pck"
+                and r["keypoints"] == "all"]
     assert len(rows) == 1 and abs(float(rows[0]["pck"]) - best) < 1e-6  # both written with 6 digits
     run = json.loads((ev / "run.json").read_text())
     assert run["matcher_info"]["head"]["projection_dim"] == 128

@@ -291,7 +291,7 @@ def test_new_datasets_run_end_to_end_with_their_protocols(tmp_path):
     assert set(res[res.protocol == "geoaware"]["alpha"]) == {0.01, 0.05, 0.1}
     # the split's one category is literally "all": it never collides with the whole-split rows
     assert set(res["category"]) == {"all", "all (category)"}
-    assert not res.duplicated(["protocol", "aggregate", "readout", "category", "alpha"]).any()
+    assert not res.duplicated(["protocol", "aggregate", "readout", "category", "alpha", "metric", "keypoints"]).any()
     from leaderboard.__main__ import main as lb_cli
 
     assert lb_cli(["build", str(tmp_path / "run"), "--out", str(tmp_path / "lb"), "--format", "md,csv,tex,html",

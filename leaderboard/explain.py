@@ -99,7 +99,7 @@ def differences(a: Path, b: Path, ra: dict, rb: dict, res_a, res_b, head_a, head
     ca, cb = ra.get("config") or {}, rb.get("config") or {}
     for k in sorted(set(ca) | set(cb)):
         if k not in QUIET:
-            add(f"setting {k}", ca.get(k, "(default)"), cb.get(k, "(default)"))
+            add(f"setting {k}", ca.get(k, "n/a"), cb.get(k, "n/a"))
     wa = (ra.get("provenance") or {}).get("weights") or {}
     wb = (rb.get("provenance") or {}).get("weights") or {}
     for k in sorted(set(wa) | set(wb)):

@@ -99,7 +99,15 @@ def _beside(every: pd.DataFrame, key, own: str | None, alphas: list[float]) -> s
         else:
             total = int(plain["n_kps"].iloc[0]) if len(plain) else 0
             parts.append(f"{kps} {v:.1f} on {int(g['n_kps'].iloc[0]):,} of {total:,} keypoints")
-    return f"beside it at PCK@{a:g} ({readout}): " + "; ".join(parts) if parts else ""
+    line = f"beside it at PCK@{a:g} ({readout}): " + "; ".join(parts) if parts else ""
+    if not any(abs(x - 0.01) < 1e-9 for x in alphas):  # PCK@0.01 from a protocol that computes it
+        fine = every[(every["category"] == "all") & ((every["alpha"] - 0.01).abs() < 1e-9) & (every["readout"] == readout)
+                     & (every["aggregate"] == aggregate) & (every["metric"] == "pck") & (every["keypoints"] == "all")]
+        if len(fine):
+            f = fine.iloc[0]
+            line += ("\n" if line else "") + (f"PCK@0.01 ({readout}, protocol {f['protocol']}, frame {f['frame']}): "
+                                              f"{100 * float(f['pck']):.1f}")
+    return line
 
 
 def run_summary(results: pd.DataFrame, dataset: str, provenance: dict | None = None, subset: str = "all",

@@ -119,9 +119,12 @@ PRESETS = {
 
 def default_presets(dataset: str) -> tuple[str, ...]:
     """The presets a run computes when none is named: each dataset's papers' protocols and ``original``
-    (SPair-71k, PF-Pascal, PF-Willow: sd4match, dift, original; AP-10K, SPair-U: geoaware, original;
+    (SPair-71k: sd4match, dift, geoaware, original, geoaware bringing PCK@0.01 and the 2024-26 papers'
+    protocol; PF-Pascal, PF-Willow: sd4match, dift, original; AP-10K, SPair-U: geoaware, original;
     CUB-200-2011: distilldift, geoaware, original). Any preset can be asked for by name."""
-    if dataset in ("spair-71k", "pf-pascal", "pf-willow"):
+    if dataset == "spair-71k":
+        return ("sd4match", "dift", "geoaware", "original")
+    if dataset in ("pf-pascal", "pf-willow"):
         return ("sd4match", "dift", "original")
     if dataset == "cub-200-2011":
         return ("distilldift", "geoaware", "original")

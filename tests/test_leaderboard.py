@@ -38,7 +38,7 @@ def test_build_files_and_reported_rows(runs, tmp_path):
     cpm = rep[(rep.method == "SD4Match-CPM") & (rep.protocol == "sd4match")]
     assert cpm["all@0.1"].item() == 75.5 and cpm["bird@0.1"].item() == 85.7
     meas = wide[wide.kind == "measured"]
-    assert set(meas.method) == {"identity"} and set(meas.protocol) == {"sd4match", "dift", "original"}
+    assert set(meas.method) == {"identity"} and set(meas.protocol) == {"sd4match", "dift", "geoaware", "original"}
     # measured values equal the run's own results.csv
     res = pd.read_csv(runs / "r1" / "results.csv")
     res = res[(res.metric == "pck") & (res.keypoints == "all")]

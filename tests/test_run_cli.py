@@ -33,8 +33,8 @@ def test_identity_run_outputs(spair_root, tmp_path, capsys):
     for col in ("matcher", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout",
                 "category", "alpha", "pck", "n_pairs", "n_kps"):
         assert col in res.columns
-    assert set(res.protocol) == {"sd4match", "dift", "original"}
-    assert set(res.frame) == {"original", "resized-768x768"}
+    assert set(res.protocol) == {"sd4match", "dift", "geoaware", "original"}
+    assert set(res.frame) == {"original", "resized-768x768", "isotropic"}
     assert set(res.threshold) == {"bbox"}
     assert set(res["aggregate"]) == {"image", "point", "category"}
     plain = res[(res.metric == "pck") & (res.keypoints == "all")]

@@ -21,7 +21,7 @@ IDENTITY = ["weights", "random_weights", "partial", "source", "own_readout", "pa
 #: what a row's numbers rest on: re-scored here, as claimed by their run or bundle, a paper's number,
 #: or a run id that two sources give with different numbers
 STATUSES = ("verified", "unverified", "reported", "conflict")
-NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high"]
+NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high", "pck_dagger", "pck_geo", "n_kps_geo", "pck_geo_release"]
 COLUMNS = KEY + IDENTITY + ["dataset", "category", "alpha", "pck", "note"] + NUMBERS
 #: the category of whole-split rows (benchmarks.evaluate never writes a dataset category under this name)
 WHOLE = "all"
@@ -116,6 +116,33 @@ def plain_pck(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep].reset_index(drop=True)
 
 
+#: the columns that identify a number, to which PCK-dagger and the geometry-aware subsets attach
+EXTRA_KEY = ["dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout", "direction", "tta",
+             "precision", "category", "alpha"]
+#: (metric, keypoints) -> the column it becomes beside plain PCK
+EXTRA_COLUMNS = {("pck-dagger", "all"): "pck_dagger", ("pck", "geo-aware"): "pck_geo",
+                 ("pck", "geo-aware-release"): "pck_geo_release"}
+
+
+def _extras(df: pd.DataFrame) -> pd.DataFrame | None:
+    """PCK-dagger and the geometry-aware rows as columns (``pck_dagger``, ``pck_geo`` and its
+    ``n_kps_geo``, ``pck_geo_release``) keyed like the plain rows; None for runs without them."""
+    if "metric" not in df.columns or "keypoints" not in df.columns:
+        return None
+    key = [c for c in EXTRA_KEY if c in df.columns]
+    out = None
+    for (metric, kps), col in EXTRA_COLUMNS.items():
+        part = df[(df["metric"].astype(str) == metric) & (df["keypoints"].astype(str) == kps)]
+        if part.empty:
+            continue
+        keep = part[key + ["pck"] + (["n_kps"] if col == "pck_geo" and "n_kps" in part.columns else [])].rename(
+            columns={"pck": col, "n_kps": "n_kps_geo"})
+        keep = keep.drop_duplicates(key)
+        keep[col] = pd.to_numeric(keep[col], errors="coerce")
+        out = keep if out is None else out.merge(keep, how="outer", on=key)
+    return out
+
+
 def read_reported(path: str | Path | None = None) -> pd.DataFrame:
     """Published numbers as tidy rows (``kind = reported``), validated like measured ones."""
     where = str(path or "leaderboard/data/reported.csv")
@@ -204,8 +231,12 @@ def read_run(run_dir: str | Path, label: str | None = None) -> pd.DataFrame:
     missing = sorted(need - set(df.columns))
     if missing:
         raise LeaderboardError(f"{res}: missing column(s) {missing}")
+    extras = _extras(df)
     df = plain_pck(df)
     _validate(df, str(res))
+    if extras is not None:
+        key = [c for c in EXTRA_KEY if c in df.columns]
+        df = df.merge(extras, how="left", on=key)
     for name in set(df["dataset"].astype(str)):
         safe_name(name, f"{res}: column 'dataset'")
     check_unique(df, ["dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout", "direction", "tta", "precision",

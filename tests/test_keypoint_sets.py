@@ -175,3 +175,25 @@ def test_pck_dagger_rows_through_evaluate_on_a_crafted_swap():
     assert whole[whole.metric == "pck-dagger"].pck.item() == 0.0
     # ears 2 and 3 are one group, both matched: both are geometry-aware
     assert whole[whole.keypoints == "geo-aware"].n_kps.item() == 2
+
+
+def test_compact_leaderboard_shows_dagger_and_geometry_aware_columns(tmp_path):
+    import pandas as pd
+
+    from benchmarks.run import main as run_cli
+    from leaderboard.__main__ import main as lb_cli
+    from loaders.testing import write_spair_root
+
+    write_spair_root(tmp_path / "spair", {"test": 40}, seed=3)
+    assert run_cli(["--matcher", "identity", "--dataset", "spair-71k", "--data-root", str(tmp_path / "spair"),
+                    "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert lb_cli(["build", str(tmp_path / "run"), "--out", str(tmp_path / "lb"), "--format", "md,csv,tex",
+                   "--figures", "png"]) == 0
+    compact = pd.read_csv(tmp_path / "lb" / "spair-71k.csv")
+    res = pd.read_csv(tmp_path / "run" / "results.csv")
+    pick = lambda m, k: res[(res.protocol == "sd4match") & (res.category == "all") & (res.alpha == 0.1)  # noqa: E731
+                            & (res.metric == m) & (res.keypoints == k)].pck.item()
+    row = compact[compact.Method == "identity"].iloc[0]  # (the bundled published rows stand beside it)
+    assert f"{100 * pick('pck-dagger', 'all'):.1f}" == str(row["PCK-dagger@0.1"]).split(" ")[0]
+    assert f"{100 * pick('pck', 'geo-aware'):.1f}" == str(row["Geo-aware@0.1"]).split(" ")[0]
+    assert "PCK-dagger: correct and nearest to its own" in (tmp_path / "lb" / "spair-71k.md").read_text()

@@ -197,3 +197,34 @@ def test_compact_leaderboard_shows_dagger_and_geometry_aware_columns(tmp_path):
     assert f"{100 * pick('pck-dagger', 'all'):.1f}" == str(row["PCK-dagger@0.1"]).split(" ")[0]
     assert f"{100 * pick('pck', 'geo-aware'):.1f}" == str(row["Geo-aware@0.1"]).split(" ")[0]
     assert "PCK-dagger: correct and nearest to its own" in (tmp_path / "lb" / "spair-71k.md").read_text()
+
+
+def test_kap_equals_jamaisvu_on_the_fixture_and_its_steps_rescore_exactly():
+    from benchmarks.kap import from_records, kap, normalise, pair_within_beyond, records, similarity_rows
+
+    pairs, meta = _pairs()
+    alphas, g, S = meta["alphas"], meta["grid"], meta["anno_size"]
+    release, defined = [], []
+    for p in pairs:
+        src_vis = p["src_kps"][:, 2] > 0
+        w, b = pair_within_beyond(p["src_desc"], p["trg_desc"], p["src_kps"][:, :2], p["trg_kps"][:, :2], src_vis,
+                                  float(p["threshold"][0]), alphas, g, S)
+        assert np.abs(w - p["kap_within"]).max() <= 1e-6 and np.abs(b - p["kap_beyond"]).max() <= 1e-6
+        trg_vis = p["trg_kps"][src_vis, 2] > 0
+        release.append((w, b, trg_vis))
+        # the stored steps give the same values at every radius without the maps
+        cells = g * (p["src_kps"][src_vis, 1] * g / S).astype(int) + (p["src_kps"][src_vis, 0] * g / S).astype(int)
+        raw = similarity_rows(p["src_desc"], p["trg_desc"], cells)
+        norm = normalise(raw)
+        tau = np.asarray(alphas) * float(p["threshold"][0]) * g / S
+        steps = records(raw, p["trg_kps"][src_vis, :2] * g / S, g)
+        for k, rec in enumerate(steps):
+            wk, bk = from_records(rec, tau, raw.min(), raw.max())
+            assert np.abs(wk - w[:, k]).max() <= 1e-9 and np.abs(bk - b[:, k]).max() <= 1e-9
+        assert norm.min() == 0.0
+        defined.append((w, b, trg_vis))
+    pooled, image = kap(release, "kap-release")
+    assert np.abs(pooled - meta["kap_pooled_release"]).max() <= 1e-9
+    assert np.abs(image - meta["kap_per_image_mean_release"]).max() <= 1e-9
+    pooled_def, _ = kap(defined, "kap")
+    assert not np.allclose(pooled_def, pooled)  # hidden target keypoints are negatives only, as defined

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .keypoint_results import extra_hits, keypoint_sets_of, per_pair_extra, subset_rows
+from .keypoint_results import extra_hits, kap_rows, keypoint_sets_of, per_pair_extra, subset_rows
 from .pck import PairArrays, aggregate, hits, per_pair
 from .protocol import Protocol, parse_alphas, protocols_for
 
@@ -86,10 +86,13 @@ def evaluate(
     preds: dict[str, np.ndarray],
     protocols: list[Protocol],
     meta: dict,
+    kap: list | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All protocols x readouts x categories x alphas -> (results, breakdowns) tidy frames.
 
-    ``preds[readout]`` is ``(K, 2)`` aligned with the flattened ``trg_kps`` of ``dataset_rows``.
+    ``preds[readout]`` is ``(K, 2)`` aligned with the flattened ``trg_kps`` of ``dataset_rows``;
+    ``kap``: the predictions' KAP records (:func:`benchmarks.predictions.kap_records`), which add
+    ``metric = kap`` rows (readout ``similarity``).
     """
     pairs = PairArrays.from_table(dataset_rows)
     cats, cat_idx = np.unique(pairs.category.astype(str), return_inverse=True)
@@ -103,6 +106,8 @@ def evaluate(
     cache: dict[tuple, tuple] = {}
     sets = keypoint_sets_of(dataset_rows, meta.get("dataset", ""))
     for proto in protocols:
+        if kap is not None:
+            rows += kap_rows(lambda *a, **k: _row(meta, *a, **k), pairs, kap, proto, cat_idx, cats)
         for readout in sorted(preds):
             key = (proto.threshold, proto.frame, proto.alphas, readout)
             if key not in cache:
@@ -214,12 +219,13 @@ def evaluate_file(predictions: Path, dataset: str, data_root: Path, split: str, 
     table = loaders.load(dataset, data_root, split, layout=layout)
     pred = P.read(predictions)
     rows, xy = P.align(pred, table, source=str(predictions))
+    kap = P.kap_records(pred, rows, str(predictions))
     protos = protocols_for(dataset, protocol_names, alphas)
     subset = "all" if rows.num_rows == table.num_rows else f"{rows.num_rows} predicted"
     if per_pair_out is not None:
         per_pair_out += [per_pair_table(rows, xy, protos, dataset), protos, subset, table.num_rows, rows.num_rows]
     return evaluate(rows, xy, protos, {"matcher": matcher, "dataset": dataset, "split": split, "precision": precision,
-                                       "tta": tta, "split_pairs": table.num_rows, "subset": subset})
+                                       "tta": tta, "split_pairs": table.num_rows, "subset": subset}, kap=kap)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,7 @@ def from_records(rec, tau: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray
     pair's raw minimum ``lo`` and maximum ``hi`` (a step outside the disc or ring gives 0)."""
     wd, wv, bd, bv = rec
     tau2 = np.asarray(tau, np.float64) ** 2
-    span = hi - lo
+    span = hi - lo if hi > lo else float("inf")  # a constant map: every value normalises to 0
     within = np.zeros(len(tau2))
     beyond = np.zeros(len(tau2))
     for a, t in enumerate(tau2):

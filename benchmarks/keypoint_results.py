@@ -64,3 +64,48 @@ def subset_rows(row, interval, proto, readout, metric, keypoints, hm, pairs, cat
                                  alpha=alpha, pck=float(by_cat[a, c]), n_pairs=int(n_pairs_cat[c]),
                                  n_kps=int(n_kps_cat[c])))
     return rows
+
+
+def kap_rows(row, pairs, kap_recs, proto, cat_idx, cats) -> list[dict]:
+    """KAP rows (``metric`` kap, ``readout`` similarity) of one protocol from the predictions' KAP
+    records: radius alpha x T x (grid cells per target pixel), T the protocol's threshold in
+    original pixels; ``point`` pools every keypoint, ``image`` averages the pairs' KAP. Only
+    frames that keep distances as in the original (``original``, ``isotropic``)."""
+    from .kap import average_precision, from_records
+    from .pck import thresholds
+
+    if proto.aggregate not in ("image", "point") or not proto.frame.startswith(("original", "isotropic")):
+        return []
+    one = np.ones(len(pairs.width))
+    T = thresholds(proto.threshold, width=pairs.width, height=pairs.height, bbox=pairs.bbox, gt_xy=pairs.gt,
+                   offsets=pairs.offsets, sx=one, sy=one)
+    alphas = np.asarray(proto.alphas, np.float64)
+    per_pair = []
+    for (steps, (lo, hi, cpp)), t in zip(kap_recs, T):
+        tau = alphas * t * cpp
+        wb = [from_records(rec, tau, lo, hi) for rec in steps]
+        per_pair.append((np.stack([w for w, _ in wb], 1), np.stack([b for _, b in wb], 1)))
+    A = len(alphas)
+
+    def ap(parts, a):
+        pos = np.concatenate([w[a] for w, _ in parts])
+        neg = np.concatenate([b[a] for _, b in parts])
+        return average_precision(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg])
+
+    def value(sel):
+        parts = [per_pair[i] for i in sel]
+        if proto.aggregate == "point":
+            return [ap(parts, a) for a in range(A)]
+        return list(np.nanmean([[ap([p], a) for a in range(A)] for p in parts], axis=0))
+
+    counts = np.diff(pairs.offsets)
+    groups = [("all", np.arange(len(per_pair)))] + [(str(c), np.flatnonzero(cat_idx == i)) for i, c in enumerate(cats)]
+    rows = []
+    for name, sel in groups:
+        if not len(sel):
+            continue
+        v = value(sel)
+        for a, alpha in enumerate(proto.alphas):
+            rows.append(row(proto, "similarity", metric="kap", keypoints="all", category=name, alpha=alpha,
+                            pck=float(v[a]), n_pairs=int(len(sel)), n_kps=int(counts[sel].sum())))
+    return rows

@@ -3,6 +3,11 @@
 Columns: ``pair_id`` string, ``readout`` string, ``pred_kps`` list<fixed_size_list<float32, 2>>
 (x, y) in the original target image's pixels, one per ground-truth keypoint in ``kps_ids``
 order. Any protocol can be recomputed from this file and the dataset without running a model.
+
+Dense matchers in the padded frame add what KAP needs (:mod:`benchmarks.kap`), on the rows of their
+first readout (null elsewhere): ``kap_steps``, per keypoint the four step lists (within squared
+distances and raw similarities, beyond squared distances and raw similarities, in grid cells), and
+``kap_pair``, the pair's [raw minimum, raw maximum, grid cells per original target pixel].
 """
 
 from __future__ import annotations
@@ -23,12 +28,27 @@ SCHEMA = pa.schema([
 ])
 
 
+#: the key under which a dense matcher's ``predict`` returns its per-pair KAP records (not a readout)
+KAP_KEY = "__kap__"
+KAP_FIELDS = [pa.field("kap_steps", pa.list_(pa.list_(pa.list_(pa.float64())))),
+              pa.field("kap_pair", pa.list_(pa.float64()))]
+KAP_SCHEMA = pa.schema(list(SCHEMA) + KAP_FIELDS)
+
+
 class PredictionError(ValueError):
     """A predictions file does not match its dataset."""
 
 
-def make_table(pair_ids: list[str], readout: str, preds: list[np.ndarray]) -> pa.Table:
-    """Build a predictions table for one readout; ``preds[i]`` is ``(n_i, 2)``."""
+def make_table(pair_ids: list[str], readout: str, preds: list[np.ndarray], kap: list | None = None) -> pa.Table:
+    """Build a predictions table for one readout; ``preds[i]`` is ``(n_i, 2)``; ``kap[i]`` (optional)
+    the pair's KAP record ``{"steps": [(wd, wv, bd, bv), ...], "pair": [lo, hi, cells per px]}``."""
+    if kap is not None:
+        base = make_table(pair_ids, readout, preds)
+        steps = [None if k is None else [[np.asarray(x, np.float64).tolist() for x in rec] for rec in k["steps"]]
+                 for k in kap]
+        pair = [None if k is None else [float(v) for v in k["pair"]] for k in kap]
+        return base.append_column(KAP_FIELDS[0], pa.array(steps, KAP_FIELDS[0].type)).append_column(
+            KAP_FIELDS[1], pa.array(pair, KAP_FIELDS[1].type))
     counts = np.array([len(p) for p in preds], dtype=np.int32)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     flat = np.concatenate([np.asarray(p, np.float32).reshape(-1, 2) for p in preds]) if preds else np.zeros((0, 2), np.float32)
@@ -49,10 +69,50 @@ def read(path) -> pa.Table:
     missing = [c for c in SCHEMA.names if c not in table.column_names]
     if missing:
         raise PredictionError(f"{path}: missing column(s) {missing}; expected {SCHEMA.names}")
+    return conform(table, str(path))
+
+
+def conform(table: pa.Table, where: str = "predictions") -> pa.Table:
+    """The table in :data:`SCHEMA`, or in :data:`KAP_SCHEMA` when it carries both KAP columns."""
+    schema = KAP_SCHEMA if all(f.name in table.column_names for f in KAP_FIELDS) else SCHEMA
     try:
-        return table.select(SCHEMA.names).cast(SCHEMA)
+        return table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise PredictionError(f"{path}: columns do not have the predictions types ({exc})") from None
+        raise PredictionError(f"{where}: columns do not have the predictions types ({exc})") from None
+
+
+def concat(tables: list[pa.Table], where: str = "predictions") -> pa.Table:
+    """Shards as one table; the KAP columns kept only when every shard has them."""
+    keep = all(all(f.name in t.column_names for f in KAP_FIELDS) for t in tables)
+    schema = KAP_SCHEMA if keep else SCHEMA
+    try:
+        return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as exc:
+        raise PredictionError(f"{where}: shards do not have the predictions types ({exc})") from None
+
+
+def kap_records(pred: pa.Table, rows: pa.Table, source: str = "predictions") -> list | None:
+    """Per pair of ``rows`` (the aligned dataset rows, pairs with keypoints), its KAP record, or None
+    when the file has none for some pair (a matcher without similarity maps, an older file)."""
+    if "kap_steps" not in pred.column_names:
+        return None
+    sub = pred.filter(pc.invert(pc.is_null(pred.column("kap_pair"))))
+    by_id = dict(zip(sub.column("pair_id").to_pylist(), zip(sub.column("kap_steps").to_pylist(),
+                                                             sub.column("kap_pair").to_pylist())))
+    n_kps = pc.list_value_length(rows.column("trg_kps")).to_numpy(zero_copy_only=False)
+    out = []
+    for pid, n in zip(rows.column("pair_id").to_pylist(), n_kps):
+        if n == 0:
+            continue
+        got = by_id.get(pid)
+        if got is None:
+            return None
+        steps, pair = got
+        if len(steps) != n or len(pair) != 3 or any(len(r) != 4 for r in steps) or not np.isfinite(pair).all() \
+                or not pair[1] >= pair[0] or not pair[2] > 0:
+            raise PredictionError(f"{source}: pair {pid!r} has a malformed KAP record")
+        out.append(([tuple(np.asarray(x, np.float64) for x in r) for r in steps], pair))
+    return out
 
 
 def align(pred: pa.Table, dataset: pa.Table, source: str = "predictions") -> tuple[pa.Table, dict[str, np.ndarray]]:

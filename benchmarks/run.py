@@ -266,7 +266,7 @@ def run(args) -> Path:
     from loaders.atomic import write_parquet, write_text
 
     shards = [shard_path(i) for i, _, _ in _chunks(n, chunk)]
-    pred = pa.concat_tables([pq.read_table(s) for s in shards]).cast(P.SCHEMA) if shards else P.make_table([], "none", [])
+    pred = P.concat([pq.read_table(s) for s in shards], str(out)) if shards else P.make_table([], "none", [])
     pred = pred.sort_by([("readout", "ascending")]) if pred.num_rows else pred
     rows, xy = P.align(pred, table, source=str(out / "predictions.parquet"))
     t2 = time.perf_counter()
@@ -274,7 +274,7 @@ def run(args) -> Path:
     tta = matcher.describe().get("tta", "none")
     meta = {"matcher": args.matcher, "dataset": args.dataset, "split": args.split, "precision": precision,
             "tta": tta, "split_pairs": split_pairs, "subset": subset}
-    results, breakdowns = evaluate(rows, xy, protocols, meta)
+    results, breakdowns = evaluate(rows, xy, protocols, meta, kap=P.kap_records(pred, rows, str(out / "predictions.parquet")))
     t_eval = time.perf_counter() - t2
 
     write_parquet(pred, out / "predictions.parquet")

@@ -138,10 +138,13 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
             bar.update(len(pairs))
         if remaining[idx] == 0:
             tables = []
-            for readout in matcher.readouts:
+            has_kap = all(P.KAP_KEY in pr for _, pr in parts[idx])
+            for k, readout in enumerate(matcher.readouts):
                 ids = [p.pair_id for ps, _ in parts[idx] for p in ps]
                 arrs = [a for _, pr in parts[idx] for a in pr[readout]]
-                tables.append(P.make_table(ids, readout, arrs))
+                kap = [x for _, pr in parts[idx] for x in pr[P.KAP_KEY]] if has_kap else None
+                tables.append(P.make_table(ids, readout, arrs, kap=(kap if k == 0 else [None] * len(ids))
+                                           if has_kap else None))
             write_shard(pa.concat_tables(tables), shard_path(idx))
             if shard_lines:
                 done += len(ids)

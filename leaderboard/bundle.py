@@ -303,7 +303,7 @@ def rescore(src: Source, root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     meta = {"matcher": str(first.get("matcher", rec.get("matcher", "?"))), "dataset": dataset, "split": split,
             "precision": str(first.get("precision", "unknown")), "tta": str(first.get("tta", "none")),
             "split_pairs": table.num_rows, "subset": str(first.get("subset", rec.get("subset", "all")))}
-    results, _ = evaluate(rows, xy, protos, meta)
+    results, _ = evaluate(rows, xy, protos, meta, kap=P.kap_records(pred, rows, f"{src.path}: predictions.parquet"))
     per_pair = per_pair_table(rows, xy, protos, dataset).to_pandas()
     return results, per_pair
 

@@ -228,3 +228,61 @@ def test_kap_equals_jamaisvu_on_the_fixture_and_its_steps_rescore_exactly():
     assert np.abs(image - meta["kap_per_image_mean_release"]).max() <= 1e-9
     pooled_def, _ = kap(defined, "kap")
     assert not np.allclose(pooled_def, pooled)  # hidden target keypoints are negatives only, as defined
+
+
+def test_kap_rows_of_a_run_equal_the_release_computation_on_the_matchers_own_maps(tmp_path):
+    """A dinov2 run writes KAP's steps into predictions.parquet; its KAP rows equal JamaisVu's
+    computation (:func:`benchmarks.kap.pair_within_beyond`, checked on the fixture above) run on the
+    matcher's own maps; and a bundle of the run verifies, KAP rows included."""
+    import pandas as pd
+
+    import loaders
+    from benchmarks.kap import kap, pair_within_beyond
+    from benchmarks.matchers.base import Pair
+    from benchmarks.pck import PairArrays, thresholds
+    from benchmarks.run import main as run_cli
+    from leaderboard.__main__ import main as lb_cli
+    from sd4match.methods.dinov2 import Dinov2Matcher
+    from sd4match.methods.frame_geometry import to_frame
+
+    from .conftest import shared
+
+    root = shared("PF-WILLOW")
+    out = tmp_path / "run"
+    assert run_cli(["--matcher", "dinov2", "--preset", "tiny", "--dataset", "pf-willow", "--data-root", str(root),
+                    "--limit", "5", "--out", str(out), "--quiet"]) == 0
+    res = pd.read_csv(out / "results.csv")
+    got = res[(res.metric == "kap") & (res.protocol == "dift") & (res.category == "all")]
+    assert set(got.readout) == {"similarity"} and len(got) == 6
+
+    table = loaders.load("pf-willow", root, "test").slice(0, 5)
+    m = Dinov2Matcher.from_settings("tiny")
+    S = m.config.image_size
+    arrays = PairArrays.from_table(table)
+    one = np.ones(len(arrays.width))
+    T = thresholds("bbox-kp", width=arrays.width, height=arrays.height, bbox=arrays.bbox, gt_xy=arrays.gt,
+                   offsets=arrays.offsets, sx=one, sy=one)
+    alphas = sorted(set(got.alpha))
+    per = []
+    for r, t in zip(table.to_pylist(), T):
+        p = Pair(r, root)
+        (fs, ft), = m.pair_maps([p])
+        C, g, _ = ft.shape
+        unit = lambda f: torch_normalise(f.reshape(C, -1)).T  # noqa: E731
+        src = to_frame(p.src_kps, *p.src_size, S)
+        trg = to_frame(np.asarray(r["trg_kps"]), *p.trg_size, S)
+        w, b = pair_within_beyond(unit(fs), unit(ft), src, trg, np.ones(len(src), bool),
+                                  t * S / max(p.trg_size), alphas, g, S)
+        per.append((w, b, np.ones(len(src), bool)))
+    pooled, image = kap(per, "kap-release")
+    for a, alpha in enumerate(alphas):
+        row = lambda agg: got[(got["aggregate"] == agg) & (got.alpha == alpha)].pck.item()  # noqa: E731
+        assert abs(row("point") - pooled[a]) <= 2e-6 and abs(row("image") - image[a]) <= 2e-6
+    assert lb_cli(["pack", str(out), "--out", str(tmp_path / "r.corrbench.zip")]) == 0
+    assert lb_cli(["verify", str(tmp_path / "r.corrbench.zip"), "--data-root", str(root)]) == 0
+
+
+def torch_normalise(x):
+    import torch
+
+    return torch.nn.functional.normalize(x.float(), dim=0).double().numpy()

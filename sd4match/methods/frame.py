@@ -32,6 +32,7 @@ from benchmarks.console import say
 from benchmarks.dense import DenseConfig, DenseMatcher, ImageInfo
 from benchmarks.flips import partners, swaps_for
 from benchmarks.matchers.base import ConfigError, MatcherError
+from benchmarks.predictions import KAP_KEY
 
 from ..backbones.dino import (
     MEAN,
@@ -223,6 +224,7 @@ class FrameMatcher(DenseMatcher):
         cfg = self.config
         S = cfg.image_size
         result: dict[str, list[np.ndarray]] = {r: [] for r in self._readouts}
+        kap = result.setdefault(KAP_KEY, [])  # what KAP needs, per pair (benchmarks.kap)
         todo = [k for k, p in enumerate(pairs) if len(p.row["src_kps"])]
         maps = dict(zip(todo, self.pair_maps([pairs[k] for k in todo]))) if todo else {}
         flipped = {}
@@ -238,11 +240,13 @@ class FrameMatcher(DenseMatcher):
             if k not in maps:
                 for r in self._readouts:
                     result[r].append(np.zeros((0, 2), np.float32))
+                kap.append(None)
                 continue
             (W0, H0), (W1, H1) = p.src_size, p.trg_size
             fs, ft = maps[k]
             g = ft.shape[-1]
             src = to_frame(p.src_kps, W0, H0, S)
+            kap.append(self._kap_record(fs, ft, source_cells(src, S, g), p))
             preds = self._match(fs, ft, source_cells(src, S, g))
             if k in flipped:
                 ffs, fft = flipped[k]
@@ -261,6 +265,21 @@ class FrameMatcher(DenseMatcher):
                 frame_xy = preds[r] * (S / g) + cfg.centre
                 result[r].append(from_frame(frame_xy, W1, H1, S).astype(np.float32).reshape(n, 2))
         return result
+
+    def _kap_record(self, fs: torch.Tensor, ft: torch.Tensor, cells: np.ndarray, p) -> dict:
+        """KAP's steps of a pair's keypoints on the maps as matched (no test-time flip, no mnn): raw
+        cosine rows, target keypoints in grid cells of the frame, and the pair's raw range."""
+        from benchmarks.kap import records
+
+        C, g, _ = ft.shape
+        a = F.normalize(fs.float().reshape(C, -1), dim=0)
+        b = F.normalize(ft.float().reshape(C, -1), dim=0)
+        idx = torch.as_tensor(cells[:, 1] * g + cells[:, 0], device=a.device)
+        raw = (a[:, idx].T @ b).double().cpu().numpy()
+        W1, H1 = p.trg_size
+        S = self.config.image_size
+        trg = to_frame(np.asarray(p.row["trg_kps"], np.float64).reshape(-1, 2), W1, H1, S) * g / S
+        return {"steps": records(raw, trg, g), "pair": [float(raw.min()), float(raw.max()), g / max(W1, H1)]}
 
     def _match(self, fs: torch.Tensor, ft: torch.Tensor, cells: np.ndarray) -> dict[str, np.ndarray]:
         """Readouts for the source cells ``(N, 2)`` (column, row) -> grid positions per readout."""

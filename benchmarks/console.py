@@ -100,6 +100,12 @@ def _beside(every: pd.DataFrame, key, own: str | None, alphas: list[float]) -> s
             total = int(plain["n_kps"].iloc[0]) if len(plain) else 0
             parts.append(f"{kps} {v:.1f} on {int(g['n_kps'].iloc[0]):,} of {total:,} keypoints")
     line = f"beside it at PCK@{a:g} ({readout}): " + "; ".join(parts) if parts else ""
+    kap = every[(every["metric"] == "kap") & (every["category"] == "all") & ((every["alpha"] - a).abs() < 1e-9)
+                & (every["aggregate"] == aggregate)]
+    if len(kap):  # KAP is measured in the matcher's own frame: shown under the first protocol that keeps distances
+        k = kap.sort_values("protocol", key=lambda c: c.map(lambda v: (v != "geoaware", v))).iloc[0]
+        line += ("\n" if line else "") + (f"KAP@{a:g} (similarity maps, protocol {k['protocol']}, per {aggregate}): "
+                                          f"{100 * float(k['pck']):.1f}")
     if not any(abs(x - 0.01) < 1e-9 for x in alphas):  # PCK@0.01 from a protocol that computes it
         fine = every[(every["category"] == "all") & ((every["alpha"] - 0.01).abs() < 1e-9) & (every["readout"] == readout)
                      & (every["aggregate"] == aggregate) & (every["metric"] == "pck") & (every["keypoints"] == "all")]

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .matchers.base import ConfigError, MatcherError, config_hash

@@ -160,7 +160,8 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
             r = h[(h["alpha"] - a).abs() < 1e-9]
             row[f"PCK@{a:g}"] = Cell(float(r["pck"].iloc[0]) * 100, _half(r.iloc[0])) if len(r) else Cell(None)
         at = h[(h["alpha"] - alpha).abs() < 1e-9]
-        for col, name in (("pck_dagger", f"PCK-dagger@{alpha:g}"), ("pck_geo", f"Geo-aware@{alpha:g}")):
+        for col, name in (("pck_dagger", f"PCK-dagger@{alpha:g}"), ("pck_geo", f"Geo-aware@{alpha:g}"),
+                          ("kap", f"KAP@{alpha:g}")):
             v = at[col].iloc[0] if col in at.columns and len(at) else None
             row[name] = Cell(float(v) * 100) if v is not None and pd.notna(v) else Cell(None)
         row["Pairs"] = _pairs_text(h["n_pairs"].iloc[0], h["split_pairs"].iloc[0])
@@ -170,7 +171,7 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
     score = lambda r: -r[main].value if main in r and r[main].value is not None else float("inf")  # noqa: E731
     rows.sort(key=lambda r: (score(r), r["Method"]))
     table = pd.DataFrame(rows).drop(columns="_run", errors="ignore")
-    extra = [c for c in (f"PCK-dagger@{alpha:g}", f"Geo-aware@{alpha:g}") if c in table.columns]
+    extra = [c for c in (f"PCK-dagger@{alpha:g}", f"Geo-aware@{alpha:g}", f"KAP@{alpha:g}") if c in table.columns]
     empty = [c for c in extra if all(cell.value is None for cell in table[c])]
     table = table.drop(columns=empty)
     beside = [c for c in extra if c not in empty]
@@ -187,6 +188,9 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
               f"PCK-dagger@{alpha:g}" in beside else "")
            + ("; Geo-aware: PCK on the geometry-aware keypoints, GeoAware-SC's groups by keypoint id (the "
               "release's variant is in results.csv)" if f"Geo-aware@{alpha:g}" in beside else "")
+           + ("; KAP: keypoint average precision as defined (kap: a keypoint hidden in the target is a negative "
+              "only; JamaisVu's release also counts it as a positive), on the matcher's similarity maps, same "
+              "threshold and aggregate" if f"KAP@{alpha:g}" in beside else "")
            + "; status: verified = re-scored here from the run's predictions and this dataset copy, unverified = "
            "numbers as their run claims, reported = a paper's number, not measured here.")
     return table, cap

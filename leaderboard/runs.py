@@ -21,7 +21,7 @@ IDENTITY = ["weights", "random_weights", "partial", "source", "own_readout", "pa
 #: what a row's numbers rest on: re-scored here, as claimed by their run or bundle, a paper's number,
 #: or a run id that two sources give with different numbers
 STATUSES = ("verified", "unverified", "reported", "conflict")
-NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high", "pck_dagger", "pck_geo", "n_kps_geo", "pck_geo_release"]
+NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high", "pck_dagger", "pck_geo", "n_kps_geo", "pck_geo_release", "kap"]
 COLUMNS = KEY + IDENTITY + ["dataset", "category", "alpha", "pck", "note"] + NUMBERS
 #: the category of whole-split rows (benchmarks.evaluate never writes a dataset category under this name)
 WHOLE = "all"
@@ -119,6 +119,7 @@ def plain_pck(df: pd.DataFrame) -> pd.DataFrame:
 #: the columns that identify a number, to which PCK-dagger and the geometry-aware subsets attach
 EXTRA_KEY = ["dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout", "direction", "tta",
              "precision", "category", "alpha"]
+KAP_KEY = ["dataset", "split", "threshold", "aggregate", "direction", "tta", "precision", "category", "alpha"]
 #: (metric, keypoints) -> the column it becomes beside plain PCK
 EXTRA_COLUMNS = {("pck-dagger", "all"): "pck_dagger", ("pck", "geo-aware"): "pck_geo",
                  ("pck", "geo-aware-release"): "pck_geo_release"}
@@ -140,6 +141,13 @@ def _extras(df: pd.DataFrame) -> pd.DataFrame | None:
         keep = keep.drop_duplicates(key)
         keep[col] = pd.to_numeric(keep[col], errors="coerce")
         out = keep if out is None else out.merge(keep, how="outer", on=key)
+    # KAP depends on the threshold, aggregate and alpha, not on the readout or the PCK frame
+    k = df[df["metric"].astype(str) == "kap"]
+    if len(k):
+        kkey = [c for c in KAP_KEY if c in df.columns]
+        kk = k[kkey + ["pck"]].rename(columns={"pck": "kap"}).drop_duplicates(kkey)
+        kk["kap"] = pd.to_numeric(kk["kap"], errors="coerce")
+        out = kk if out is None else out.merge(kk, how="left", on=kkey)
     return out
 
 

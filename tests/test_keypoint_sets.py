@@ -200,7 +200,14 @@ def test_compact_leaderboard_shows_dagger_and_geometry_aware_columns(tmp_path):
 
 
 def test_kap_equals_jamaisvu_on_the_fixture_and_its_steps_rescore_exactly():
-    from benchmarks.kap import from_records, kap, normalise, pair_within_beyond, records, similarity_rows
+    from benchmarks.kap import (
+        from_records,
+        kap,
+        normalise,
+        pair_within_beyond,
+        records,
+        similarity_rows,
+    )
 
     pairs, meta = _pairs()
     alphas, g, S = meta["alphas"], meta["grid"], meta["anno_size"]
@@ -267,22 +274,29 @@ def test_kap_rows_of_a_run_equal_the_release_computation_on_the_matchers_own_map
     for r, t in zip(table.to_pylist(), T):
         p = Pair(r, root)
         (fs, ft), = m.pair_maps([p])
-        C, g, _ = ft.shape
-        unit = lambda f: torch_normalise(f.reshape(C, -1)).T  # noqa: E731
+        g = ft.shape[-1]
         src = to_frame(p.src_kps, *p.src_size, S)
         trg = to_frame(np.asarray(r["trg_kps"]), *p.trg_size, S)
-        w, b = pair_within_beyond(unit(fs), unit(ft), src, trg, np.ones(len(src), bool),
+        w, b = pair_within_beyond(torch_normalise(fs), torch_normalise(ft), src, trg, np.ones(len(src), bool),
                                   t * S / max(p.trg_size), alphas, g, S)
         per.append((w, b, np.ones(len(src), bool)))
     pooled, image = kap(per, "kap-release")
     for a, alpha in enumerate(alphas):
-        row = lambda agg: got[(got["aggregate"] == agg) & (got.alpha == alpha)].pck.item()  # noqa: E731
-        assert abs(row("point") - pooled[a]) <= 2e-6 and abs(row("image") - image[a]) <= 2e-6
+        at = got[got.alpha == alpha]
+        point, img = (at[at["aggregate"] == agg].pck.item() for agg in ("point", "image"))
+        assert abs(point - pooled[a]) <= 2e-6 and abs(img - image[a]) <= 2e-6
+    # the compact leaderboard shows KAP beside PCK (the per-image value at alpha 0.1), its definition in the caption
+    assert lb_cli(["build", str(out), "--out", str(tmp_path / "lb"), "--format", "md,csv", "--figures", "png"]) == 0
+    compact = pd.read_csv(tmp_path / "lb" / "pf-willow.csv")
+    mine = compact[compact.Method.str.startswith("dinov2")].iloc[0]
+    assert float(str(mine["KAP@0.1"]).split()[0]) == round(100 * image[alphas.index(0.1)], 1)
+    assert "KAP: keypoint average precision as defined" in (tmp_path / "lb" / "pf-willow.md").read_text()
     assert lb_cli(["pack", str(out), "--out", str(tmp_path / "r.corrbench.zip")]) == 0
     assert lb_cli(["verify", str(tmp_path / "r.corrbench.zip"), "--data-root", str(root)]) == 0
 
 
 def torch_normalise(x):
+    """``(C, g, g)`` map -> ``(g*g, C)`` unit descriptors."""
     import torch
 
-    return torch.nn.functional.normalize(x.float(), dim=0).double().numpy()
+    return torch.nn.functional.normalize(x.float().reshape(x.shape[0], -1), dim=0).T.double().numpy()

@@ -223,7 +223,13 @@ class DenseMatcher(ImageIO, Matcher):
 
     # ------------------------------------------------------------------ matching
     def predict(self, pairs):
-        return self.submit(pairs)()
+        """Readout -> arrays, as :meth:`Matcher.predict` (the KAP records :meth:`submit` may add for the
+        run's predictions file are left out)."""
+        from .predictions import KAP_KEY
+
+        out = self.submit(pairs)()
+        out.pop(KAP_KEY, None)
+        return out
 
     @torch.no_grad()
     def submit(self, pairs, data=None):

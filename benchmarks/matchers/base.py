@@ -178,7 +178,8 @@ class Matcher:
 
     def submit(self, pairs: Sequence[Pair], data=None):
         """Start predicting ``pairs`` and return ``finish()``, which returns what :meth:`predict`
-        returns. Runners submit the next batch before finishing this one, so a matcher that queues
+        returns (a dense matcher may add per-pair KAP records under
+        :data:`benchmarks.predictions.KAP_KEY`, which the run writes into its predictions file). Runners submit the next batch before finishing this one, so a matcher that queues
         work on an accelerator (the dense base does) keeps it busy; the default predicts at once."""
         preds = self.predict_prefetched(pairs, data)
         return lambda: preds

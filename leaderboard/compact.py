@@ -160,7 +160,8 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
             r = h[(h["alpha"] - a).abs() < 1e-9]
             row[f"PCK@{a:g}"] = Cell(float(r["pck"].iloc[0]) * 100, _half(r.iloc[0])) if len(r) else Cell(None)
         at = h[(h["alpha"] - alpha).abs() < 1e-9]
-        for col, name in (("pck_dagger", f"PCK-dagger@{alpha:g}"), ("pck_geo", f"Geo-aware@{alpha:g}"),
+        fine = [] if any(abs(x - 0.01) < 1e-9 for x in alphas) else [("pck_001", "PCK@0.01")]
+        for col, name in (*fine, ("pck_dagger", f"PCK-dagger@{alpha:g}"), ("pck_geo", f"Geo-aware@{alpha:g}"),
                           ("kap", f"KAP@{alpha:g}")):
             v = at[col].iloc[0] if col in at.columns and len(at) else None
             row[name] = Cell(float(v) * 100) if v is not None and pd.notna(v) else Cell(None)
@@ -171,10 +172,13 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
     score = lambda r: -r[main].value if main in r and r[main].value is not None else float("inf")  # noqa: E731
     rows.sort(key=lambda r: (score(r), r["Method"]))
     table = pd.DataFrame(rows).drop(columns="_run", errors="ignore")
-    extra = [c for c in (f"PCK-dagger@{alpha:g}", f"Geo-aware@{alpha:g}", f"KAP@{alpha:g}") if c in table.columns]
+    has_fine = any(abs(x - 0.01) < 1e-9 for x in alphas)
+    extra = [c for c in ([] if has_fine else ["PCK@0.01"]) + [f"PCK-dagger@{alpha:g}", f"Geo-aware@{alpha:g}",
+                                                             f"KAP@{alpha:g}"] if c in table.columns]
     empty = [c for c in extra if all(cell.value is None for cell in table[c])]
     table = table.drop(columns=empty)
     beside = [c for c in extra if c not in empty]
+    fine_from = sorted({v for v in alls["protocol_001"].dropna().astype(str) if v}) if "protocol_001" in alls.columns else []
     table, said = _drop_constant(table, ["Readout", "TTA", "Precision", "Pairs", "Status"])
     if not table.empty and ranked:
         mark_best(table[[c for c in table.columns if c.startswith("PCK@")]])
@@ -184,6 +188,8 @@ def compact_table(d: pd.DataFrame, dataset: str, alpha: float = 0.1, readout: st
            + (f"; all rows: {', '.join(said)}" if said else "") + "; sorted by "
            f"{main}; ± is the half-width of the 95% bootstrap interval over pairs (– when undefined); "
            + ("best value in bold when unique" if ranked else "rows cover different pair sets: not ranked, no bold")
+           + (f"; PCK@0.01 beside them: protocol {', '.join(fine_from)}, same readout" if
+              "PCK@0.01" in beside else "")
            + ("; PCK-dagger: correct and nearest to its own ground-truth keypoint (JamaisVu)" if
               f"PCK-dagger@{alpha:g}" in beside else "")
            + ("; Geo-aware: PCK on the geometry-aware keypoints, GeoAware-SC's groups by keypoint id (the "

@@ -17,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 KEY = ["kind", "method", "run", "split", "precision", "tta", "protocol", "frame", "threshold", "aggregate", "readout"]
-IDENTITY = ["weights", "random_weights", "partial", "source", "own_readout", "pairs_key", "status"]
+IDENTITY = ["weights", "random_weights", "partial", "source", "own_readout", "pairs_key", "status", "protocol_001"]
 #: what a row's numbers rest on: re-scored here, as claimed by their run or bundle, a paper's number,
 #: or a run id that two sources give with different numbers
 STATUSES = ("verified", "unverified", "reported", "conflict")
-NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high", "pck_dagger", "pck_geo", "n_kps_geo", "pck_geo_release", "kap"]
+NUMBERS = ["n_pairs", "split_pairs", "ci_low", "ci_high", "pck_dagger", "pck_geo", "n_kps_geo", "pck_geo_release", "kap", "pck_001"]
 COLUMNS = KEY + IDENTITY + ["dataset", "category", "alpha", "pck", "note"] + NUMBERS
 #: the category of whole-split rows (benchmarks.evaluate never writes a dataset category under this name)
 WHOLE = "all"
@@ -120,35 +120,46 @@ def plain_pck(df: pd.DataFrame) -> pd.DataFrame:
 EXTRA_KEY = ["dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout", "direction", "tta",
              "precision", "category", "alpha"]
 KAP_KEY = ["dataset", "split", "threshold", "aggregate", "direction", "tta", "precision", "category", "alpha"]
+FINE_KEY = ["dataset", "split", "threshold", "aggregate", "readout", "direction", "tta", "precision", "category"]
 #: (metric, keypoints) -> the column it becomes beside plain PCK
 EXTRA_COLUMNS = {("pck-dagger", "all"): "pck_dagger", ("pck", "geo-aware"): "pck_geo",
                  ("pck", "geo-aware-release"): "pck_geo_release"}
 
 
-def _extras(df: pd.DataFrame) -> pd.DataFrame | None:
-    """PCK-dagger and the geometry-aware rows as columns (``pck_dagger``, ``pck_geo`` and its
-    ``n_kps_geo``, ``pck_geo_release``) keyed like the plain rows; None for runs without them."""
+def _extras(df: pd.DataFrame) -> list[tuple[pd.DataFrame, list[str]]]:
+    """PCK-dagger, the geometry-aware rows, KAP and PCK@0.01 as columns beside plain PCK (``pck_dagger``,
+    ``pck_geo`` with ``n_kps_geo``, ``pck_geo_release``, ``kap``, ``pck_001`` with ``protocol_001``),
+    each as (frame, the columns it joins on); none for runs written before those rows existed."""
     if "metric" not in df.columns or "keypoints" not in df.columns:
-        return None
+        return []
+    parts = []
     key = [c for c in EXTRA_KEY if c in df.columns]
-    out = None
     for (metric, kps), col in EXTRA_COLUMNS.items():
         part = df[(df["metric"].astype(str) == metric) & (df["keypoints"].astype(str) == kps)]
         if part.empty:
             continue
         keep = part[key + ["pck"] + (["n_kps"] if col == "pck_geo" and "n_kps" in part.columns else [])].rename(
-            columns={"pck": col, "n_kps": "n_kps_geo"})
-        keep = keep.drop_duplicates(key)
+            columns={"pck": col, "n_kps": "n_kps_geo"}).drop_duplicates(key)
         keep[col] = pd.to_numeric(keep[col], errors="coerce")
-        out = keep if out is None else out.merge(keep, how="outer", on=key)
+        parts.append((keep, key))
+    # PCK@0.01 from a protocol that computes it (SPair-71k's headline protocol does not): geoaware first
+    alpha = pd.to_numeric(df["alpha"], errors="coerce")
+    fine = df[(df["metric"].astype(str) == "pck") & (df["keypoints"].astype(str) == "all") & ((alpha - 0.01).abs() < 1e-9)]
+    if len(fine):
+        fkey = [c for c in FINE_KEY if c in df.columns]
+        fine = fine.assign(_pref=(fine["protocol"].astype(str) != "geoaware")).sort_values("_pref", kind="mergesort")
+        ff = fine[fkey + ["pck", "protocol"]].drop_duplicates(fkey).rename(columns={"pck": "pck_001",
+                                                                                    "protocol": "protocol_001"})
+        ff["pck_001"] = pd.to_numeric(ff["pck_001"], errors="coerce")
+        parts.append((ff, fkey))
     # KAP depends on the threshold, aggregate and alpha, not on the readout or the PCK frame
     k = df[df["metric"].astype(str) == "kap"]
     if len(k):
         kkey = [c for c in KAP_KEY if c in df.columns]
         kk = k[kkey + ["pck"]].rename(columns={"pck": "kap"}).drop_duplicates(kkey)
         kk["kap"] = pd.to_numeric(kk["kap"], errors="coerce")
-        out = kk if out is None else out.merge(kk, how="left", on=kkey)
-    return out
+        parts.append((kk, kkey))
+    return parts
 
 
 def read_reported(path: str | Path | None = None) -> pd.DataFrame:
@@ -242,9 +253,8 @@ def read_run(run_dir: str | Path, label: str | None = None) -> pd.DataFrame:
     extras = _extras(df)
     df = plain_pck(df)
     _validate(df, str(res))
-    if extras is not None:
-        key = [c for c in EXTRA_KEY if c in df.columns]
-        df = df.merge(extras, how="left", on=key)
+    for frame, key in extras:
+        df = df.merge(frame, how="left", on=key)
     for name in set(df["dataset"].astype(str)):
         safe_name(name, f"{res}: column 'dataset'")
     check_unique(df, ["dataset", "split", "protocol", "frame", "threshold", "aggregate", "readout", "direction", "tta", "precision",

@@ -197,6 +197,11 @@ def test_compact_leaderboard_shows_dagger_and_geometry_aware_columns(tmp_path):
     assert f"{100 * pick('pck-dagger', 'all'):.1f}" == str(row["PCK-dagger@0.1"]).split(" ")[0]
     assert f"{100 * pick('pck', 'geo-aware'):.1f}" == str(row["Geo-aware@0.1"]).split(" ")[0]
     assert "PCK-dagger: correct and nearest to its own" in (tmp_path / "lb" / "spair-71k.md").read_text()
+    # SPair-71k's headline protocol (sd4match) has no alpha 0.01: the column comes from geoaware, said so
+    fine = res[(res.protocol == "geoaware") & (res["aggregate"] == "image") & (res.category == "all")
+               & (res.alpha == 0.01) & (res.metric == "pck") & (res.keypoints == "all")].pck.item()
+    assert f"{100 * fine:.1f}" == str(row["PCK@0.01"]).split(" ")[0].strip("*")
+    assert "PCK@0.01 beside them: protocol geoaware" in (tmp_path / "lb" / "spair-71k.md").read_text()
 
 
 def test_kap_equals_jamaisvu_on_the_fixture_and_its_steps_rescore_exactly():

@@ -170,3 +170,52 @@ def geo_masks(table, dataset: str) -> dict[str, np.ndarray] | None:
             flags += [i in geo for i in ids]
         out[variant] = np.asarray(flags, bool)
     return out
+
+
+def disagreement(table, dataset: str) -> list[tuple[str, int, int, int, int]]:
+    """Per category: (category, keypoints, geo-aware, geo-aware-release, keypoints in exactly one of
+    the two), over a dataset split's table."""
+    masks = geo_masks(table, dataset)
+    if masks is None:
+        return []
+    cats = [c for r, c in zip(table.column("kps_ids").to_pylist(), table.column("category").to_pylist())
+            for _ in range(len(r))]
+    cats = np.asarray(cats, dtype=object)
+    a, b = masks["geo-aware"], masks["geo-aware-release"]
+    return [(c, int((cats == c).sum()), int(a[cats == c].sum()), int(b[cats == c].sum()),
+             int((a[cats == c] != b[cats == c]).sum())) for c in sorted(set(cats))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.keypoint_sets --dataset D --data-root DIR [--split test]``: per category,
+    the geometry-aware keypoints of both variants and how many keypoints they disagree on."""
+    import argparse
+    import sys
+
+    import loaders
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.keypoint_sets", description=main.__doc__)
+    p.add_argument("--dataset", default="spair-71k")
+    p.add_argument("--data-root", dest="data_root", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--layout", default=None)
+    args = p.parse_args(argv)
+    try:
+        table = loaders.load(args.dataset, args.data_root, args.split, layout=args.layout)
+    except (loaders.DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = disagreement(table, args.dataset)
+    if not rows:
+        print(f"{args.dataset} has no geometry-aware table")
+        return 0
+    print(f"{'category':<12} {'keypoints':>9} {'geo-aware':>9} {'release':>9} {'disagree':>9}")
+    for c, n, a, b, d in rows:
+        print(f"{c:<12} {n:>9} {a:>9} {b:>9} {d:>9}")
+    tot = [sum(r[i] for r in rows) for i in range(1, 5)]
+    print(f"{'all':<12} {tot[0]:>9} {tot[1]:>9} {tot[2]:>9} {tot[3]:>9}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -305,3 +305,13 @@ def torch_normalise(x):
     import torch
 
     return torch.nn.functional.normalize(x.float().reshape(x.shape[0], -1), dim=0).T.double().numpy()
+
+
+def test_disagreement_counts_per_category_on_the_real_pairs(tmp_path, capsys):
+    from benchmarks.keypoint_sets import main
+
+    assert main(["--dataset", "spair-71k", "--data-root", str(_real_spair(tmp_path))]) == 0
+    lines = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert lines["bus"] == ["6", "2", "2", "4"]  # {11, 14} against {12, 13}
+    assert lines["car"] == ["5", "2", "2", "0"] and lines["aeroplane"][1:] == ["2", "2", "0"]
+    assert main(["--dataset", "spair-71k", "--data-root", str(tmp_path / "nope")]) == 2

@@ -48,6 +48,7 @@ class HeadTrainConfig:
     epochs: int = 0  # 0: the dataset's recipe number (AP-10K 1, SPair-71k 2)
     max_steps: int = 0
     val_every: int = 5000  # steps; 0: after every epoch
+    val_epoch_end: bool = True  # also at the end of every epoch, as the authors' loop does
     val_per_category: int = 20  # 0: the whole validation split
     save_every: int = 500
     seed: int = 0

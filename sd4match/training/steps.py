@@ -175,7 +175,8 @@ class CheckpointSteps:
             epoch = (self.step - 1) // self.steps_per_epoch
             row = {"step": self.step, "epoch": epoch, "loss": f"{loss:.6f}", "val_pck": ""}
             end_of_epoch = self.step % self.steps_per_epoch == 0
-            val_due = (cfg.val_every and self.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch)
+            val_due = (cfg.val_every and self.step % cfg.val_every == 0) or (not cfg.val_every and end_of_epoch) \
+                or (end_of_epoch and getattr(cfg, "val_epoch_end", False))
             best = False
             if val_due or self.step == self.total_steps:
                 pck = self.validate() if self.rank == 0 else None

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .runs import LeaderboardError, clean_text, own_readout, pair_set, plain_pck, read_record
+from .runs import (
+    LeaderboardError,
+    clean_text,
+    own_readout,
+    pair_set,
+    plain_pck,
+    read_record,
+    read_results_csv,
+)
 
 #: settings that change no number (where results go, how fast they come)
 QUIET = {"batch_size", "cache_dir", "device", "compile", "batch_invariant"}
@@ -24,12 +32,7 @@ QUIET = {"batch_size", "cache_dir", "device", "compile", "batch_invariant"}
 
 def _results(run: Path) -> pd.DataFrame:
     path = Path(run) / "results.csv"
-    if not path.is_file():
-        raise LeaderboardError(f"{path}: missing; is {run} a folder written by benchmarks.run?")
-    try:
-        df = pd.read_csv(path, dtype={"category": str, "readout": str, "tta": str, "precision": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise LeaderboardError(f"{path}: not a results CSV ({type(exc).__name__})") from None
+    df = read_results_csv(Path(run))
     need = {"protocol", "frame", "threshold", "aggregate", "readout", "category", "alpha", "pck", "dataset"}
     if need - set(df.columns):
         raise LeaderboardError(f"{path}: missing column(s) {sorted(need - set(df.columns))}")

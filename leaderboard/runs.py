@@ -235,17 +235,23 @@ def read_record(run_dir: Path) -> dict:
     return record
 
 
+def read_results_csv(run_dir: Path) -> pd.DataFrame:
+    """A run folder's ``results.csv`` as text-typed identity columns; one-line errors."""
+    res = Path(run_dir) / "results.csv"
+    if not res.is_file():
+        raise LeaderboardError(f"{res}: missing; is {run_dir} a folder written by benchmarks.run?")
+    try:
+        return pd.read_csv(res, dtype={"category": str, "readout": str, "tta": str, "precision": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise LeaderboardError(f"{res}: not a results CSV ({type(exc).__name__}: {str(exc)[:80]})") from None
+
+
 def read_run(run_dir: str | Path, label: str | None = None) -> pd.DataFrame:
     """Measured rows of one run folder (``kind = measured``); ``label`` replaces the display name
     (random weights stay said)."""
     run_dir = Path(run_dir)
     res = run_dir / "results.csv"
-    if not res.is_file():
-        raise LeaderboardError(f"{res}: missing; is {run_dir} a folder written by benchmarks.run?")
-    try:
-        df = pd.read_csv(res, dtype={"category": str, "readout": str, "tta": str, "precision": str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
-        raise LeaderboardError(f"{res}: not a results CSV ({type(exc).__name__}: {str(exc)[:80]})") from None
+    df = read_results_csv(run_dir)
     need = {"matcher", "dataset", "split", "protocol", "threshold", "frame", "aggregate", "readout", "category", "alpha", "pck"}
     missing = sorted(need - set(df.columns))
     if missing:

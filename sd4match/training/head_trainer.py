@@ -56,15 +56,9 @@ def default_cache_root() -> Path:
 class HeadTrainer(CheckpointSteps):
     def __init__(self, cfg: HeadTrainConfig, out: Path, rank: int = 0, world: int = 1):
         import loaders
-        from benchmarks.dense import resolve_device
         from benchmarks.flips import permutation, train_swaps_for
 
-        self.cfg, self.out, self.rank, self.world = cfg, out, rank, world
-        self.torch = torch
-        dev = cfg.device
-        if dev.startswith("cuda") and world > 1 and ":" not in dev:
-            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-        self.device = resolve_device(dev)
+        self._place(cfg, out, rank, world)
         if cfg.init and not Path(cfg.init).expanduser().exists():
             raise TrainError(f"{cfg.init}: init= names no head file or head training folder")
         self.root = Path(cfg.data_root)

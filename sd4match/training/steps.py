@@ -16,6 +16,19 @@ from .config import CHECKPOINTS, POINTER, TrainError
 class CheckpointSteps:
     """Saving and resuming checkpoint steps (mixed into :class:`~sd4match.training.trainer.Trainer`)."""
 
+    def _place(self, cfg, out: Path, rank: int, world: int) -> None:
+        """The run's settings, folder, rank and device (``cuda`` under torchrun: the rank's own GPU)."""
+        import torch
+
+        from benchmarks.dense import resolve_device
+
+        self.cfg, self.out, self.rank, self.world = cfg, out, rank, world
+        self.torch = torch
+        dev = cfg.device
+        if dev.startswith("cuda") and world > 1 and ":" not in dev:
+            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
+        self.device = resolve_device(dev)
+
     def save(self, with_best: bool = False) -> None:
         """One atomic checkpoint step.
 

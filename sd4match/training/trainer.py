@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +67,12 @@ class Trainer(CheckpointSteps):
         import torch
 
         import loaders
-        from benchmarks.dense import resolve_device, resolve_dtype
+        from benchmarks.dense import resolve_dtype
 
         from ..backbones.sd_models import load_components
         from ..prompts import PromptEncoder, build_prompt
 
-        self.cfg, self.out, self.rank, self.world = cfg, out, rank, world
-        self.torch = torch
-        dev = cfg.device
-        if dev.startswith("cuda") and world > 1 and ":" not in dev:
-            dev = f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}"
-        self.device = resolve_device(dev)
+        self._place(cfg, out, rank, world)
         self.dtype = resolve_dtype(cfg.dtype)
         self.root = Path(cfg.data_root)
         self.rows = loaders.load(cfg.dataset, self.root, cfg.split).to_pylist()

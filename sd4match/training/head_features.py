@@ -61,7 +61,24 @@ class FeatureCache:
         return self.dir / f"{entry_name(key, category, flip)}.safetensors"
 
     def has(self, key: str, category: str, flip: bool) -> bool:
-        return self._read(self.path(key, category, flip)) is not None
+        """Whether a readable entry is there, from its header alone (no tensor is read)."""
+        from safetensors import safe_open
+
+        path = self.path(key, category, flip)
+        if not path.is_file():
+            return False
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                shape = tuple(fh.get_slice("x").get_shape())
+                widths = json.loads((fh.metadata() or {}).get("widths", "null"))
+        except Exception:  # cut short or not a safetensors file: computed again
+            return False
+        if not isinstance(widths, list) or len(shape) != 3 or sum(int(w) for w in widths) != shape[0]:
+            return False
+        if self.shape is not None and shape != self.shape:
+            return False
+        self.shape, self.widths = shape, [int(w) for w in widths]
+        return True
 
     def _read(self, path: Path) -> torch.Tensor | None:
         from safetensors import safe_open
@@ -100,8 +117,8 @@ class FeatureCache:
     def load(self, key: str, category: str, flip: bool) -> torch.Tensor:
         x = self._read(self.path(key, category, flip))
         if x is None:
-            raise KeyError(f"{self.path(key, category, flip)}: no cached features for this image "
-                           "(the cache was changed while training)")
+            raise KeyError(f"{self.path(key, category, flip)}: missing or damaged cached features (changed while "
+                           "training, or non-finite values); delete the file and run again to recompute it")
         return x
 
     def get(self, infos, flip: bool, compute) -> list[torch.Tensor]:

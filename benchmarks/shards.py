@@ -118,6 +118,7 @@ def predict_shards(matcher, table, todo, batch: int, root: Path, shard_path, pro
 
     from . import predictions as P
 
+    matcher.record_kap = True  # matchers that can (the padded-frame ones) write KAP's records with the predictions
     bar = None
     if todo and progress:
         from tqdm import tqdm

@@ -103,6 +103,8 @@ class FrameMatcher(DenseMatcher):
     gpu_dtype = "float32"
     #: predictions can fall in the frame's padding, outside the image (kept, as the authors keep them)
     frame_padding = True
+    #: also return KAP's records (``benchmarks.predictions.KAP_KEY``); the run's shard writer turns it on
+    record_kap = False
 
     def __init__(self, config=None):
         super().__init__(config)
@@ -224,7 +226,8 @@ class FrameMatcher(DenseMatcher):
         cfg = self.config
         S = cfg.image_size
         result: dict[str, list[np.ndarray]] = {r: [] for r in self._readouts}
-        kap = result.setdefault(KAP_KEY, [])  # what KAP needs, per pair (benchmarks.kap)
+        # what KAP needs, per pair (benchmarks.kap), when the run writes a predictions file
+        kap = result.setdefault(KAP_KEY, []) if self.record_kap else []
         todo = [k for k, p in enumerate(pairs) if len(p.row["src_kps"])]
         maps = dict(zip(todo, self.pair_maps([pairs[k] for k in todo]))) if todo else {}
         flipped = {}
@@ -246,8 +249,9 @@ class FrameMatcher(DenseMatcher):
             fs, ft = maps[k]
             g = ft.shape[-1]
             src = to_frame(p.src_kps, W0, H0, S)
-            kap.append(self._kap_record(fs, ft, source_cells(src, S, g), p))
-            preds = self._match(fs, ft, source_cells(src, S, g))
+            preds, raw = self._match(fs, ft, source_cells(src, S, g), with_raw=True)
+            if self.record_kap:
+                kap.append(self._kap_record(raw, g, p))
             if k in flipped:
                 ffs, fft = flipped[k]
                 ids = [int(i) for i in p.row["kps_ids"]]
@@ -266,29 +270,26 @@ class FrameMatcher(DenseMatcher):
                 result[r].append(from_frame(frame_xy, W1, H1, S).astype(np.float32).reshape(n, 2))
         return result
 
-    def _kap_record(self, fs: torch.Tensor, ft: torch.Tensor, cells: np.ndarray, p) -> dict:
-        """KAP's steps of a pair's keypoints on the maps as matched (no test-time flip, no mnn): raw
-        cosine rows, target keypoints in grid cells of the frame, and the pair's raw range."""
+    def _kap_record(self, sim: torch.Tensor, g: int, p) -> dict:
+        """KAP's steps of a pair's keypoints on the maps as matched (no test-time flip, no mnn): the raw
+        cosine rows ``(N, g*g)``, target keypoints in grid cells of the frame, the pair's raw range."""
         from benchmarks.kap import records
 
-        C, g, _ = ft.shape
-        a = F.normalize(fs.float().reshape(C, -1), dim=0)
-        b = F.normalize(ft.float().reshape(C, -1), dim=0)
-        idx = torch.as_tensor(cells[:, 1] * g + cells[:, 0], device=a.device)
-        raw = (a[:, idx].T @ b).double().cpu().numpy()
+        raw = sim.double().cpu().numpy()
         W1, H1 = p.trg_size
         S = self.config.image_size
         trg = to_frame(np.asarray(p.row["trg_kps"], np.float64).reshape(-1, 2), W1, H1, S) * g / S
         return {"steps": records(raw, trg, g), "pair": [float(raw.min()), float(raw.max()), g / max(W1, H1)]}
 
-    def _match(self, fs: torch.Tensor, ft: torch.Tensor, cells: np.ndarray) -> dict[str, np.ndarray]:
-        """Readouts for the source cells ``(N, 2)`` (column, row) -> grid positions per readout."""
+    def _match(self, fs: torch.Tensor, ft: torch.Tensor, cells: np.ndarray, with_raw: bool = False):
+        """Readouts for the source cells ``(N, 2)`` (column, row) -> grid positions per readout (and,
+        ``with_raw``, the cosine rows ``(N, g*g)`` before mnn)."""
         cfg = self.config
         C, g, _ = ft.shape
         a = F.normalize(fs.float().reshape(C, -1), dim=0)
         b = F.normalize(ft.float().reshape(C, -1), dim=0)
         idx = torch.as_tensor(cells[:, 1] * g + cells[:, 0], device=a.device)
-        sim = a[:, idx].T @ b  # (N, g*g)
+        sim = raw = a[:, idx].T @ b  # (N, g*g)
         if cfg.mnn:  # keep the target cells whose best source cell is the keypoint's own cell
             back = (a.T @ b).argmax(dim=0)  # (g*g,) best source cell of each target cell
             mutual = back[None, :] == idx[:, None]
@@ -298,7 +299,7 @@ class FrameMatcher(DenseMatcher):
         out = {}
         for r in self._readouts:
             out[r] = R.apply(r, sim, geoaware_window=cfg.geoaware_window, geoaware_beta=cfg.geoaware_beta).cpu().numpy()
-        return out
+        return (out, raw) if with_raw else out
 
 
 def _mnn_distance(fs: torch.Tensor, ft: torch.Tensor) -> float:
